@@ -1,0 +1,5 @@
+"""``python -m arvision`` (and ``torchrun -m arvision``) runs the command line."""
+
+from .cli import main
+
+main()

@@ -1,0 +1,152 @@
+"""From a validated recipe to the model: geometry first (cheap, no weights), then modules.
+
+:func:`resolve` checks everything that can be checked without building a tokenizer or loading
+weights, and reports a bad combination as a one-line RecipeError naming the recipe and key.
+"""
+
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+import torch
+
+from .components import DecoderContext, ImageSpec, Ordering, Target, Tokenizer, TokenSpec
+from .encoder import Encoder, create_vit
+from .errors import ArvisionError, RecipeError
+from .model import ARModel
+from .plan import SegmentLayout
+from .plugins import Plugins, get_plugins
+from .recipe import Recipe
+
+__all__ = ["Blueprint", "build_model", "build_tokenizer", "data_image_spec", "resolve"]
+
+
+@attrs.frozen
+class Blueprint:
+    """Everything about a recipe's model that is known before building it."""
+
+    recipe: Recipe
+    source: str
+    plugins: Plugins
+    data_size: int
+    image: ImageSpec  # the student's input
+    tokens: TokenSpec
+    ordering: Ordering
+    target: Target
+    encoder_dim: int
+    depth: int
+    encoder_cls: bool
+
+    @property
+    def layout(self) -> SegmentLayout:
+        return self.ordering.layout
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return self.image.grid
+
+    @property
+    def num_segments(self) -> int:
+        return self.layout.num_segments
+
+    @property
+    def encoder_tokens(self) -> int:
+        """Encoder sequence: segments 1..S-1 plus CLS."""
+        return (self.num_segments - 1) * self.layout.tokens_per_segment(self.grid) + self.encoder_cls
+
+    @property
+    def targets_per_decoder(self) -> int:
+        return (self.num_segments - 1) * self.layout.tokens_per_segment(self.tokens.grid) + \
+            self.tokens.cls
+
+    def decoder_context(self, predicts: str) -> DecoderContext:
+        return DecoderContext(
+            predicts=predicts, encoder_dim=self.encoder_dim,
+            num_taps=len(self.recipe.encoder.taps) or 4, out_dim=self.target.output_dim,
+            grid=self.grid, layout=self.layout, cls_target=self.tokens.cls,
+            encoder_cls=self.encoder_cls,
+        )
+
+
+def data_image_spec(recipe: Recipe) -> tuple[int, int]:
+    """(side, channels) of the images the data source yields."""
+    data = recipe.data
+    if data.source == "synthetic":
+        return data.synthetic.image_size, data.synthetic.channels
+    return 28, 1  # Fashion-MNIST
+
+
+def _guard(source: str, key: str, make: Callable[[], Any]) -> Any:
+    """Run a factory; its ValueError/TypeError becomes a one-line error naming the recipe key."""
+    try:
+        return make()
+    except ArvisionError:
+        raise
+    except (ValueError, TypeError) as exc:
+        raise RecipeError(f"{source}: {key}: {str(exc).splitlines()[0]}") from None
+
+
+def resolve(recipe: Recipe, source: str = "recipe", plugins: Plugins | None = None) -> Blueprint:
+    plugins = plugins or get_plugins()
+    data_size, channels = data_image_spec(recipe)
+    enc = recipe.encoder
+    channels = enc.in_chans or channels
+    tok_reg = plugins.get("tokenizer", recipe.tokenizer.name)
+    if enc.stem == "tokens":
+        # iGPT: one token per id, so the student grid is the tokenizer's grid, patch 1.
+        tokens = _guard(source, "tokenizer", lambda: tok_reg.factory.token_spec(
+            recipe.tokenizer.config, ImageSpec(enc.img_size or data_size, channels, 1)))
+        if not tokens.discrete or tokens.grid[0] != tokens.grid[1]:
+            raise RecipeError(f"{source}: encoder.stem: 'tokens' needs a tokenizer of ids on a "
+                              f"square grid; {recipe.tokenizer.name!r} gives "
+                              f"{'ids' if tokens.discrete else 'features'} on {tokens.grid}")
+        img_size, patch_size = tokens.grid[0], 1
+    else:
+        img_size, patch_size = enc.img_size or data_size, enc.patch_size
+    with torch.device("meta"):
+        vit = _guard(source, "encoder", lambda: create_vit(enc, img_size, patch_size, channels))
+    image = ImageSpec(img_size, channels, vit.patch_embed.patch_size[0])
+    if enc.stem == "patch":
+        tokens = _guard(source, "tokenizer", lambda: tok_reg.factory.token_spec(
+            recipe.tokenizer.config, image))
+    ord_reg = plugins.get("ordering", recipe.ordering.name)
+    ordering = _guard(source, "ordering", lambda: ord_reg.factory(recipe.ordering.config,
+                                                                  image.grid))
+    for what, grid in (("student", image.grid), ("tokenizer", tokens.grid)):
+        if not ordering.layout.divides(grid):
+            raise RecipeError(
+                f"{source}: ordering: {ordering.layout.rows}x{ordering.layout.cols} segments do "
+                f"not divide the {what} grid {grid[0]}x{grid[1]}")
+    target_reg = plugins.get("target", recipe.target.name)
+    target = _guard(source, "target", lambda: target_reg.factory(recipe.target.config, tokens))
+    return Blueprint(recipe, source, plugins, data_size, image, tokens, ordering, target,
+                     vit.embed_dim, len(vit.blocks), vit.cls_token is not None)
+
+
+def build_tokenizer(blueprint: Blueprint) -> Tokenizer:
+    recipe = blueprint.recipe
+    registration = blueprint.plugins.get("tokenizer", recipe.tokenizer.name)
+    return _guard(blueprint.source, "tokenizer",
+                  lambda: registration.factory(recipe.tokenizer.config, blueprint.image))
+
+
+def build_model(blueprint: Blueprint, with_tokenizer: bool = True) -> ARModel:
+    """Build the modules on the current default device (``torch.device('meta')`` for checks).
+
+    ``with_tokenizer=False`` leaves the (possibly large, downloaded) tokenizer out; the model then
+    needs precomputed tokens.
+    """
+    recipe, source, plugins = blueprint.recipe, blueprint.source, blueprint.plugins
+    tokenizer = build_tokenizer(blueprint) if with_tokenizer else None
+    vocab = blueprint.tokens.dim if recipe.encoder.stem == "tokens" else None
+    encoder = Encoder(recipe.encoder, blueprint.image.size, blueprint.image.patch_size,
+                      blueprint.image.channels, vocab)
+    decoders = {}
+    for index, table in enumerate(recipe.decoders):
+        registration = plugins.get("decoder", table.name)
+        context = blueprint.decoder_context(table.predicts)
+        decoder = _guard(source, f"decoders[{index}]",
+                         lambda r=registration, t=table, c=context: r.factory(t.config, c))
+        decoders[table.loss_key] = (table, decoder)
+    return ARModel(tokenizer, blueprint.tokens, blueprint.ordering, encoder, decoders,
+                   blueprint.target)

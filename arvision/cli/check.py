@@ -1,0 +1,63 @@
+"""``arvision check``: validate a recipe and show what it builds, without allocating anything."""
+
+import json
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from ..build import resolve
+from ..recipe import load_recipe
+from ..summary import summarize
+from .options import Overrides, RecipePath
+
+
+def _si(value: float, unit: str = "") -> str:
+    for scale, prefix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "K")):
+        if abs(value) >= scale:
+            return f"{value / scale:.2f} {prefix}{unit}"
+    return f"{value:.0f} {unit}".strip()
+
+
+def check(
+    recipe: Path = RecipePath,
+    overrides: list[str] = Overrides,
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+) -> None:
+    """Validate RECIPE and print the model it builds.
+
+    Shows the token geometry (student grid, tokenizer grid, segments, encoder sequence, targets per
+    decoder), parameter counts, FLOPs per image and the optimiser state size. The model is built
+    on the meta device: no weights are downloaded and no memory is allocated.
+    """
+    summary = summarize(resolve(load_recipe(recipe, overrides), str(recipe)))
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2))
+        return
+    enc, tok, order = summary["encoder"], summary["tokenizer"], summary["ordering"]
+    table = Table(title=f"{recipe}: OK", show_header=False, title_justify="left")
+    table.add_row("encoder", f"{enc['name']}: {enc['depth']} blocks x {enc['dim']}, "
+                  f"{enc['img_size']} px, patch {enc['patch_size']}, stem {enc['stem']}, "
+                  f"CLS {'yes' if enc['class_token'] else 'no'}, taps {enc['taps']}")
+    grid = "x".join(map(str, summary["student_grid"]))
+    table.add_row("student grid", f"{grid} tokens")
+    table.add_row("tokenizer", f"{tok['name']}: {tok['kind']} ({tok['dim']}) on "
+                  f"{'x'.join(map(str, tok['grid']))}{' + CLS' if tok['cls'] else ''}")
+    table.add_row("ordering", f"{order['name']}: {order['segments']} segments "
+                  f"({order['layout'][0]}x{order['layout'][1]}), "
+                  f"{order['student_tokens_per_segment']} student / "
+                  f"{order['target_tokens_per_segment']} target tokens each")
+    table.add_row("encoder tokens", str(summary["encoder_tokens"]))
+    table.add_row("targets", f"{summary['targets_per_decoder']} per decoder per image")
+    for dec in summary["decoders"]:
+        table.add_row("decoder", f"{dec['key']}: {dec['name']}, predicts {dec['predicts']}, "
+                      f"weight {dec['weight']}")
+    params = ", ".join(f"{key} {_si(value)}" for key, value in summary["parameters"].items())
+    table.add_row("parameters", params)
+    flops = summary["flops_per_image"]
+    table.add_row("FLOPs / image", f"forward {_si(flops['forward'])}, train step "
+                  f"{_si(flops['train_step'])} (student; tokenizer not counted)")
+    table.add_row("train state", f"{_si(summary['train_state_bytes'], 'B')} (fp32 weights, grads, "
+                  "AdamW moments)")
+    Console().print(table)

@@ -1,0 +1,192 @@
+"""The four component interfaces and the facts passed to their factories.
+
+Every factory takes the component's validated config (an instance of the attrs class it
+registered) first, then what it needs to know about the rest of the model:
+
+========== ================================= ==========================================
+kind       factory call                      returns
+========== ================================= ==========================================
+tokenizer  ``factory(config, image)``        :class:`Tokenizer` (frozen nn.Module)
+ordering   ``factory(config, grid)``         :class:`Ordering`
+decoder    ``factory(config, context)``      :class:`Decoder` (nn.Module)
+target     ``factory(config, spec)``         :class:`Target`
+========== ================================= ==========================================
+"""
+
+from abc import ABC, abstractmethod
+from typing import Any, Literal
+
+import attrs
+import torch
+from torch import Tensor, nn
+
+from .plan import Plan, SegmentLayout
+
+__all__ = [
+    "Decoder", "DecoderContext", "EncoderOutput", "ImageSpec", "Ordering", "Prediction", "Target",
+    "TokenSpec", "Tokenizer", "Tokens",
+]
+
+Role = Literal["next", "visible"]
+
+
+@attrs.frozen
+class ImageSpec:
+    """The student's input: square ``size`` pixels, ``channels`` channels in [0, 1], cut into
+    ``patch_size`` patches."""
+
+    size: int
+    channels: int
+    patch_size: int
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return self.size // self.patch_size, self.size // self.patch_size
+
+
+@attrs.frozen
+class TokenSpec:
+    """What a tokenizer produces: ids (``discrete``, ``dim`` = vocabulary) or ``dim``-d features."""
+
+    grid: tuple[int, int]
+    dim: int
+    discrete: bool
+    cls: bool = False  # also a (B, dim) CLS target
+
+    @property
+    def num_tokens(self) -> int:
+        return self.grid[0] * self.grid[1]
+
+
+@attrs.frozen
+class Tokens:
+    """Target tokens for a batch: ids (B, h, w) long or features (B, h, w, D); optional CLS (B, D)."""
+
+    tokens: Tensor
+    cls: Tensor | None = None
+
+    def to(self, device) -> "Tokens":
+        cls = None if self.cls is None else self.cls.to(device, non_blocking=True)
+        return Tokens(self.tokens.to(device, non_blocking=True), cls)
+
+
+class Tokenizer(nn.Module, ABC):
+    """Images (B, C, H, W) in [0, 1] -> :class:`Tokens`. Frozen: no grad, always in eval mode.
+
+    A tokenizer owns its input resolution and normalisation. ``token_spec`` must answer without
+    building anything (no weights, no downloads) so that recipes can be checked cheaply.
+    """
+
+    def __init__(self, config: Any, image: ImageSpec) -> None:
+        super().__init__()
+        self.config = config
+        self.image = image
+        self.spec = self.token_spec(config, image)
+
+    @classmethod
+    @abstractmethod
+    def token_spec(cls, config: Any, image: ImageSpec) -> TokenSpec: ...
+
+    @abstractmethod
+    def forward(self, images: Tensor) -> Tokens: ...
+
+    def train(self, mode: bool = True) -> "Tokenizer":
+        return super().train(False)
+
+    def freeze(self) -> "Tokenizer":
+        self.requires_grad_(False)
+        return self.eval()
+
+    def __call__(self, images: Tensor) -> Tokens:
+        with torch.no_grad():
+            return super().__call__(images)
+
+
+class Ordering(ABC):
+    """Decides the segments of a grid (``layout``) and draws per-sample orders of them."""
+
+    layout: SegmentLayout
+
+    def __init__(self, config: Any, grid: tuple[int, int]) -> None:
+        self.config = config
+        self.grid = grid
+
+    @abstractmethod
+    def plan(self, batch_size: int, generator: torch.Generator | None = None,
+             device: torch.device | str | None = None) -> Plan: ...
+
+
+@attrs.frozen
+class EncoderOutput:
+    """The encoder's view of the visible segments (1..S-1), CLS first when present.
+
+    ``last`` is the final (normed) output, ``taps`` the raw outputs of the tapped blocks; all are
+    (B, P + L, D) with P = ``num_prefix`` (0 or 1) and L = (S - 1) x tokens per segment.
+    """
+
+    last: Tensor
+    taps: tuple[Tensor, ...]
+    num_prefix: int
+
+
+@attrs.frozen
+class DecoderContext:
+    """What a decoder factory needs to know about the model around it."""
+
+    predicts: Role
+    encoder_dim: int
+    num_taps: int
+    out_dim: int
+    grid: tuple[int, int]  # the student's token grid
+    layout: SegmentLayout
+    cls_target: bool  # the tokenizer has a CLS target to predict
+    encoder_cls: bool  # the encoder output has a CLS token at position 0
+
+    @property
+    def tokens_per_segment(self) -> int:
+        return self.layout.tokens_per_segment(self.grid)
+
+
+@attrs.frozen
+class Prediction:
+    """Predictions for S-1 segments on the student's grid (B, S-1, T, D), plus CLS (B, D)."""
+
+    tokens: Tensor
+    cls: Tensor | None = None
+
+
+class Decoder(nn.Module, ABC):
+    """Encoder memory + plan -> :class:`Prediction` for the segments its role targets.
+
+    ``predicts = "next"`` scores the output for visible segment k against segment k+1;
+    ``"visible"`` scores it against segment k itself.
+    """
+
+    def __init__(self, config: Any, context: DecoderContext) -> None:
+        super().__init__()
+        self.config = config
+        self.context = context
+
+    @abstractmethod
+    def forward(self, memory: EncoderOutput, plan: Plan) -> Prediction: ...
+
+
+class Target(ABC):
+    """Scores aligned predictions against tokens, one loss value per token.
+
+    The factory raises ValueError when the tokens are of a kind it cannot score (say, ``ce`` on
+    features); the recipe checker reports that before any model is built.
+    """
+
+    def __init__(self, config: Any, spec: TokenSpec) -> None:
+        self.config = config
+        self.spec = spec
+
+    @property
+    def output_dim(self) -> int:
+        """Width of the predictions decoders must produce (logits or features)."""
+        return self.spec.dim
+
+    @abstractmethod
+    def loss(self, prediction: Tensor, target: Tensor) -> Tensor:
+        """Prediction (N, D) vs target (N,) ids or (N, D) features -> loss per token (N,)."""

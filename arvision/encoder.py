@@ -1,0 +1,108 @@
+"""The student encoder: a timm VisionTransformer run over the visible segments of a plan."""
+
+import timm
+import torch
+from timm.models.vision_transformer import VisionTransformer
+from torch import Tensor, nn
+
+from .components import EncoderOutput
+from .plan import Plan
+from .recipe import EncoderConfig
+
+__all__ = ["Encoder", "create_vit", "default_taps"]
+
+
+def default_taps(depth: int) -> tuple[int, ...]:
+    """Four blocks spread like 6/8/10/12 of 12, scaled to ``depth`` (1-based)."""
+    return tuple(sorted({max(1, round(depth * k / 12)) for k in (6, 8, 10, 12)}))
+
+
+def create_vit(config: EncoderConfig, img_size: int, patch_size: int | None, in_chans: int
+               ) -> VisionTransformer:
+    """The timm model named by the recipe, headless, with the recipe's overrides."""
+    overrides = {key: value for key, value in {
+        "patch_size": patch_size, "embed_dim": config.embed_dim, "depth": config.depth,
+        "num_heads": config.num_heads,
+    }.items() if value is not None}
+    try:
+        vit = timm.create_model(
+            config.name, pretrained=False, num_classes=0, global_pool="", img_size=img_size,
+            in_chans=in_chans, class_token=config.class_token, drop_path_rate=config.drop_path,
+            **overrides,
+        )
+    except RuntimeError as exc:  # timm's "Unknown model"
+        raise ValueError(str(exc).splitlines()[0]) from None
+    if not isinstance(vit, VisionTransformer) or vit.reg_token is not None:
+        raise ValueError(f"{config.name!r} is not a plain timm VisionTransformer (no register "
+                         "tokens); pick a vit_* model")
+    return vit
+
+
+def _channel_stat(values: tuple[float, ...], channels: int, what: str) -> Tensor:
+    if len(values) not in (1, channels):
+        raise ValueError(f"encoder.{what} has {len(values)} values for {channels} channels")
+    return torch.tensor(values).expand(channels).reshape(1, channels, 1, 1).clone()
+
+
+class Encoder(nn.Module):
+    """Patch (or id) embedding + position, gathered in plan order, block-causal ViT blocks.
+
+    ``vit`` is an unmodified timm VisionTransformer, so the trained encoder exports as a plain
+    timm checkpoint.
+    """
+
+    def __init__(self, config: EncoderConfig, img_size: int, patch_size: int | None,
+                 in_chans: int, vocab_size: int | None = None) -> None:
+        super().__init__()
+        self.vit = create_vit(config, img_size, patch_size, in_chans)
+        self.grid: tuple[int, int] = tuple(self.vit.patch_embed.grid_size)
+        self.taps = config.taps or default_taps(len(self.vit.blocks))
+        self.num_prefix = 1 if self.vit.cls_token is not None else 0
+        self.token_embed = None
+        if config.stem == "tokens":  # iGPT: embed ids, one token per id
+            self.token_embed = nn.Embedding(vocab_size, self.dim)
+            nn.init.normal_(self.token_embed.weight, std=0.02)
+            self.vit.patch_embed.proj = nn.Identity()  # pixels are never embedded
+        self.register_buffer("mean", _channel_stat(config.mean, in_chans, "mean"), persistent=False)
+        self.register_buffer("std", _channel_stat(config.std, in_chans, "std"), persistent=False)
+
+    @property
+    def dim(self) -> int:
+        return self.vit.embed_dim
+
+    @property
+    def depth(self) -> int:
+        return len(self.vit.blocks)
+
+    def embed(self, images: Tensor, ids: Tensor | None = None) -> Tensor:
+        """Images (B, C, H, W) in [0, 1], or ids (B, h, w) -> positioned tokens (B, N, D)."""
+        if self.token_embed is not None:
+            x = self.token_embed(ids.flatten(1))  # (B, N, D)
+        else:
+            x = self.vit.patch_embed((images - self.mean) / self.std)  # (B, N, D)
+        pos = self.vit.pos_embed  # (1, [1 +] N, D)
+        return x + pos[:, pos.shape[1] - x.shape[1]:]
+
+    def prefix(self, batch: int) -> Tensor | None:
+        """The CLS token with its position: (B, 1, D), or None."""
+        if self.vit.cls_token is None:
+            return None
+        cls = self.vit.cls_token
+        if not self.vit.no_embed_class:
+            cls = cls + self.vit.pos_embed[:, :1]
+        return cls.expand(batch, -1, -1)
+
+    def forward(self, images: Tensor, plan: Plan, ids: Tensor | None = None) -> EncoderOutput:
+        x = self.embed(images, ids)  # (B, N, D)
+        x = plan.gather(x, self.grid, slice(None, -1)).flatten(1, 2)  # (B, L, D): segments 1..S-1
+        cls = self.prefix(x.shape[0])
+        if cls is not None:
+            x = torch.cat([cls, x], dim=1)  # (B, 1 + L, D)
+        x = self.vit.norm_pre(self.vit.pos_drop(x))
+        mask = plan.mask(plan.layout.tokens_per_segment(self.grid), cls is not None)
+        taps = []
+        for index, block in enumerate(self.vit.blocks, start=1):
+            x = block(x, attn_mask=mask)
+            if index in self.taps:
+                taps.append(x)
+        return EncoderOutput(self.vit.norm(x), tuple(taps), self.num_prefix)

@@ -1,0 +1,322 @@
+"""Recipes: TOML files read into frozen attrs classes.
+
+``[encoder]``, ``[data]``, ``[train]`` and ``[run]`` are arvision's own tables. ``[tokenizer]``,
+``[ordering]``, ``[target]`` and each ``[[decoders]]`` entry name a registered component; the
+rest of such a table is validated by that component's own config class.
+"""
+
+import functools
+import tomllib
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import attrs
+import cattrs
+import tomli_w
+
+from .config import TRANSPARENT, FieldError, check, error_lines, make_converter, setting
+from .errors import RecipeError
+from .plugins import Plugins, get_plugins
+from .registry import UnknownComponentError
+
+__all__ = [
+    "ComponentTable", "DataConfig", "DecoderTable", "EncoderConfig", "OrderingTable", "Recipe",
+    "RunConfig", "SyntheticConfig", "TargetTable", "TokenizerTable", "TrainConfig", "load_recipe",
+    "recipe_to_dict", "save_recipe",
+]
+
+positive = check(lambda v: v > 0, "a number > 0")
+non_negative = check(lambda v: v >= 0, "a number >= 0")
+
+
+@attrs.frozen
+class EncoderConfig:
+    """The student: a timm VisionTransformer created by name, with optional overrides."""
+
+    name: str = setting("vit_tiny_patch16_224", "timm model name of a VisionTransformer")
+    img_size: int | None = setting(None, "input size in pixels (default: the model's)",
+                                   validator=positive)
+    patch_size: int | None = setting(None, "patch size (default: the model's)", validator=positive)
+    embed_dim: int | None = setting(None, "token width (default: the model's)", validator=positive)
+    depth: int | None = setting(None, "number of blocks (default: the model's)", validator=positive)
+    num_heads: int | None = setting(None, "attention heads (default: the model's)",
+                                    validator=positive)
+    in_chans: int | None = setting(None, "image channels (default: the data's)", validator=positive)
+    stem: Literal["patch", "tokens"] = setting(
+        "patch", "'patch': patch embedding of pixels; 'tokens': embedding of the tokenizer's ids "
+        "(iGPT), one token per id")
+    class_token: bool = setting(True, "prepend a CLS token")
+    taps: tuple[int, ...] = setting((), "1-based blocks whose outputs feed multi-level decoders "
+                                    "(default: 4 blocks spread like 6/8/10/12 of 12)")
+    mean: tuple[float, ...] = setting((0.5,), "input normalisation mean (one value or one per "
+                                      "channel)")
+    std: tuple[float, ...] = setting((0.5,), "input normalisation std")
+    drop_path: float = setting(0.0, "stochastic depth rate", validator=non_negative)
+
+
+@attrs.frozen
+class SyntheticConfig:
+    """Procedural images with learnable structure, for tests and smoke runs."""
+
+    num_images: int = setting(512, "images in the set", validator=positive)
+    image_size: int = setting(32, "side in pixels", validator=positive)
+    channels: int = setting(3, "channels", validator=positive)
+    num_classes: int = setting(4, "classes", validator=positive)
+
+
+@attrs.frozen
+class DataConfig:
+    """Where images come from."""
+
+    source: Literal["fashion_mnist", "synthetic"] = setting("fashion_mnist", "data source")
+    root: str | None = setting(None, "data directory (fashion_mnist default: "
+                               "/usr/share/datasets/fashion-mnist)")
+    split: Literal["train", "test"] = setting("train", "split used for pretraining")
+    limit: int | None = setting(None, "use only the first N images (smoke runs)",
+                                validator=positive)
+    num_workers: int = setting(0, "data loader worker processes", validator=non_negative)
+    flip: bool = setting(False, "random horizontal flip")
+    synthetic: SyntheticConfig = setting(attrs.Factory(SyntheticConfig), "synthetic source options")
+
+
+@attrs.frozen
+class TrainConfig:
+    """The optimisation."""
+
+    batch_size: int = setting(64, "global batch size", validator=positive)
+    steps: int | None = setting(None, "total optimiser steps; overrides epochs when set",
+                                validator=positive)
+    epochs: float = setting(1.0, "passes over the data (when steps is unset)", validator=positive)
+    base_lr: float = setting(1.5e-4, "learning rate per 256 images: lr = base_lr x batch / 256",
+                             validator=positive)
+    min_lr: float = setting(0.0, "learning rate at the end of the cosine", validator=non_negative)
+    warmup_steps: int = setting(0, "linear warmup steps", validator=non_negative)
+    weight_decay: float = setting(0.05, "AdamW weight decay (none on biases, norms, 1-D params)",
+                                  validator=non_negative)
+    betas: tuple[float, float] = setting((0.9, 0.95), "AdamW betas")
+    clip_grad: float | None = setting(None, "clip the gradient norm to this value",
+                                      validator=positive)
+    precision: Literal["bf16", "fp32"] = setting("bf16", "autocast precision (CPU and CUDA)")
+    device: str = setting("auto", "'auto', 'cpu', 'cuda' or 'cuda:N'")
+    log_every: int = setting(10, "log metrics every N steps", validator=positive)
+    seed: int = setting(0, "seed for weights, data order and segment orders")
+
+
+@attrs.frozen
+class RunConfig:
+    """Naming and output."""
+
+    name: str = setting("run", "run name")
+    out_dir: str | None = setting(None, "output directory (default: runs/<name>)")
+
+
+@attrs.frozen
+class ComponentTable:
+    """A recipe table that names a registered component; ``config`` is that component's config."""
+
+    KIND: ClassVar[str] = ""
+    name: str
+    config: Any
+
+
+@attrs.frozen
+class TokenizerTable(ComponentTable):
+    KIND: ClassVar[str] = "tokenizer"
+
+
+@attrs.frozen
+class OrderingTable(ComponentTable):
+    KIND: ClassVar[str] = "ordering"
+
+
+@attrs.frozen
+class TargetTable(ComponentTable):
+    KIND: ClassVar[str] = "target"
+
+
+@attrs.frozen
+class DecoderTable(ComponentTable):
+    """One ``[[decoders]]`` entry: a decoder, what it predicts and its weight in the loss."""
+
+    KIND: ClassVar[str] = "decoder"
+    predicts: Literal["next", "visible"] = setting(
+        "next", "'next': segment k+1 from segments <= k (generative); 'visible': segment k "
+        "(discriminative)")
+    weight: float = setting(1.0, "weight of this decoder's loss in the total",
+                            validator=non_negative)
+    key: str | None = setting(None, "name of this loss part in logs (default: NAME_PREDICTS)")
+
+    @property
+    def loss_key(self) -> str:
+        return self.key or f"{self.name}_{self.predicts}"
+
+
+def _distinct_keys(_instance: Any, _attribute: attrs.Attribute, decoders: tuple) -> None:
+    if not decoders:
+        raise FieldError("decoders", "expected at least one [[decoders]] table")
+    keys = [decoder.loss_key for decoder in decoders]
+    for key in keys:
+        if keys.count(key) > 1:
+            raise FieldError("decoders", f"two decoders share the loss key {key!r}; set 'key' on one")
+
+
+@attrs.frozen
+class Recipe:
+    """A full pretraining run."""
+
+    tokenizer: TokenizerTable
+    target: TargetTable
+    decoders: tuple[DecoderTable, ...] = attrs.field(validator=_distinct_keys)
+    ordering: OrderingTable
+    encoder: EncoderConfig = attrs.Factory(EncoderConfig)
+    data: DataConfig = attrs.Factory(DataConfig)
+    train: TrainConfig = attrs.Factory(TrainConfig)
+    run: RunConfig = attrs.Factory(RunConfig)
+
+
+@functools.cache
+def _table_shape(cls: type[ComponentTable], config: type) -> type:
+    """The table's shared keys plus ``config``, so one pass reports errors in both."""
+    shared = {f.name: attrs.field(type=f.type, default=f.default, validator=f.validator)
+              for f in attrs.fields(cls) if f.name not in ("name", "config")}
+    return attrs.make_class(cls.__name__, {**shared, TRANSPARENT: attrs.field(type=config)},
+                            kw_only=True)
+
+
+def _component_hook(converter: cattrs.Converter, plugins: Plugins):
+    def structure(data: Any, cls: type[ComponentTable]) -> ComponentTable:
+        if not isinstance(data, dict):
+            raise TypeError(f"expected a table with a 'name' key, got {data!r}")
+        if "name" not in data:
+            raise FieldError("name", f"required key is missing (known {cls.KIND}s: "
+                             f"{', '.join(sorted(plugins.registry(cls.KIND).entries))})")
+        name = data["name"]
+        if not isinstance(name, str):
+            raise FieldError("name", f"expected str, got {name!r}")
+        try:
+            registration = plugins.get(cls.KIND, name)
+        except UnknownComponentError as exc:
+            raise FieldError("name", str(exc)) from None
+        own = {f.name for f in attrs.fields(cls)} - {"name", "config"}
+        common = {key: data[key] for key in own if key in data}
+        options = {key: value for key, value in data.items() if key not in own | {"name"}}
+        shape = _table_shape(cls, registration.config)
+        values = attrs.asdict(converter.structure({**common, TRANSPARENT: options}, shape),
+                              recurse=False)
+        return cls(name=name, config=values.pop(TRANSPARENT), **values)
+
+    return structure
+
+
+def _unstructure_component(converter: cattrs.Converter):
+    def unstructure(table: ComponentTable) -> dict[str, Any]:
+        data = {"name": table.name}
+        for field in attrs.fields(type(table)):
+            if field.name not in ("name", "config"):
+                data[field.name] = converter.unstructure(getattr(table, field.name))
+        return {**data, **converter.unstructure(table.config)}
+
+    return unstructure
+
+
+def recipe_converter(plugins: Plugins) -> cattrs.Converter:
+    converter = make_converter()
+    converter.register_structure_hook_func(
+        lambda tp: isinstance(tp, type) and issubclass(tp, ComponentTable),
+        _component_hook(converter, plugins),
+    )
+    converter.register_unstructure_hook_func(
+        lambda tp: isinstance(tp, type) and issubclass(tp, ComponentTable),
+        _unstructure_component(converter),
+    )
+    return converter
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return tomllib.loads(f"value = {text}")["value"]
+    except tomllib.TOMLDecodeError:
+        return text  # a bare word (``tokenizer.name=clip``) is a string
+
+
+def apply_override(data: dict[str, Any], assignment: str) -> None:
+    """Apply one ``--set dotted.key=value`` (value in TOML syntax; list items by index)."""
+    key, sep, text = assignment.partition("=")
+    parts = [part.strip() for part in key.strip().split(".")]
+    if not sep or not all(parts):
+        raise RecipeError(f"--set {assignment!r}: expected KEY.PATH=VALUE")
+    node: Any = data
+    for depth, part in enumerate(parts[:-1]):
+        node = _step(node, part, parts[: depth + 1], assignment)
+    last = parts[-1]
+    if isinstance(node, list):
+        node[_index(node, last, parts, assignment)] = _parse_value(text.strip())
+    else:
+        node[last] = _parse_value(text.strip())
+
+
+def _index(node: list, part: str, parts: list[str], assignment: str) -> int:
+    if not part.isdigit() or int(part) >= len(node):
+        raise RecipeError(f"--set {assignment!r}: {'.'.join(parts)}: expected an index below "
+                          f"{len(node)}")
+    return int(part)
+
+
+def _step(node: Any, part: str, parts: list[str], assignment: str) -> Any:
+    if isinstance(node, list):
+        return node[_index(node, part, parts, assignment)]
+    child = node.setdefault(part, {})
+    if not isinstance(child, dict | list):
+        raise RecipeError(f"--set {assignment!r}: {'.'.join(parts)} is a value, not a table")
+    return child
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as file:
+            return tomllib.load(file)
+    except FileNotFoundError:
+        raise RecipeError(f"{path}: recipe file not found") from None
+    except IsADirectoryError:
+        raise RecipeError(f"{path}: expected a recipe file, found a directory") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise RecipeError(f"{path}: invalid TOML: {exc}") from None
+    except UnicodeDecodeError:
+        raise RecipeError(f"{path}: invalid TOML: not UTF-8 text") from None
+
+
+def structure_recipe(data: dict[str, Any], source: str, plugins: Plugins | None = None) -> Recipe:
+    converter = recipe_converter(plugins or get_plugins())
+    try:
+        return converter.structure(data, Recipe)
+    except (cattrs.BaseValidationError, FieldError, ValueError, TypeError) as exc:
+        lines = error_lines(exc)
+        text = "; ".join(f"{key}: {message}" for key, message in lines)
+        raise RecipeError(f"{source}: {text}") from None
+
+
+def load_recipe(path: str | Path, overrides: list[str] = (), plugins: Plugins | None = None
+                ) -> Recipe:
+    """Read, override (``--set``) and validate a recipe; errors are one-line RecipeErrors."""
+    path = Path(path)
+    data = read_toml(path)
+    for assignment in overrides:
+        apply_override(data, assignment)
+    return structure_recipe(data, str(path), plugins)
+
+
+def _drop_none(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {key: _drop_none(item) for key, item in value.items() if item is not None}
+    if isinstance(value, list | tuple):
+        return [_drop_none(item) for item in value]
+    return value
+
+
+def recipe_to_dict(recipe: Recipe, plugins: Plugins | None = None) -> dict[str, Any]:
+    """The recipe as plain TOML-able data (unset optional keys omitted)."""
+    return _drop_none(recipe_converter(plugins or get_plugins()).unstructure(recipe))
+
+
+def save_recipe(recipe: Recipe, path: Path, plugins: Plugins | None = None) -> None:
+    path.write_text(tomli_w.dumps(recipe_to_dict(recipe, plugins)))
