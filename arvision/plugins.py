@@ -102,6 +102,8 @@ def load_plugins(
         except Exception as exc:  # a broken plugin must not take the others down
             info.error = _error_text(exc)
     for name, plugin in (extra or {}).items():
+        if name in blocked:
+            continue
         infos[name] = PluginInfo(name, None, None)
         manager.register(plugin, name=name)
     registries = {kind: Registry(kind) for kind in KINDS}
@@ -113,20 +115,24 @@ def load_plugins(
 def _collect(manager: pluggy.PluginManager, hook: str, kind: str, registry: Registry,
              infos: dict[str, PluginInfo]) -> None:
     # Each implementation is called with its own ``register`` so that every registration knows
-    # its plugin: that is what names both sides of a clash and fills ``arvision plugins``.
-    for impl in reversed(getattr(manager.hook, hook).get_hookimpls()):
-        info = infos[impl.plugin_name]
+    # its plugin: that is what names both sides of a clash and fills ``arvision plugins``. A hook
+    # that raises registers nothing, and plugins are visited in the order they were loaded.
+    for impl in getattr(manager.hook, hook).get_hookimpls():
+        plugin = impl.plugin_name
+        added: list[Registration] = []
 
-        def register(name: str, factory: Any, config: type, _plugin: str = impl.plugin_name) -> None:
-            registry.add(Registration(kind, name, factory, config, _plugin))
-            infos[_plugin].registers.setdefault(kind, []).append(name)
+        def register(name: str, factory: Any, config: type, _plugin: str = plugin,
+                     _added: list = added) -> None:
+            _added.append(Registration(kind, name, factory, config, _plugin))
 
         try:
             impl.function(register=register)
-        except DuplicateComponentError:
-            raise
         except Exception as exc:
-            info.error = _error_text(exc)
+            infos[plugin].error = _error_text(exc)
+            continue
+        for registration in added:
+            registry.add(registration)
+            infos[plugin].registers.setdefault(kind, []).append(registration.name)
 
 
 @functools.cache

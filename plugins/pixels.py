@@ -4,6 +4,7 @@ from pathlib import Path
 
 import attrs
 import torch.nn.functional as F
+import typer
 from torch import Tensor
 
 from arvision import hookimpl
@@ -93,3 +94,12 @@ class PaletteTokenizer(Tokenizer):
 def register_tokenizers(register):
     register("pixels", PixelsTokenizer, PixelsConfig)
     register("palette", PaletteTokenizer, PaletteConfig)
+
+
+@hookimpl
+def register_commands(app):
+    from .palette_command import fit_palette_command
+
+    tokenizer = typer.Typer(help="Tokenizer tools.", no_args_is_help=True)
+    tokenizer.command("fit-palette")(fit_palette_command)
+    app.add_typer(tokenizer, name="tokenizer")

@@ -7,9 +7,6 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from ..build import resolve
-from ..recipe import load_recipe
-from ..summary import summarize
 from .options import Overrides, RecipePath
 
 
@@ -31,6 +28,10 @@ def check(
     decoder), parameter counts, FLOPs per image and the optimiser state size. The model is built
     on the meta device: no weights are downloaded and no memory is allocated.
     """
+    from ..build import resolve  # heavy imports (torch, timm) only when a command runs
+    from ..recipe import load_recipe
+    from ..summary import summarize
+
     summary = summarize(resolve(load_recipe(recipe, overrides), str(recipe)))
     if as_json:
         typer.echo(json.dumps(summary, indent=2))

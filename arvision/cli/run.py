@@ -4,8 +4,6 @@ from pathlib import Path
 
 import typer
 
-from ..recipe import load_recipe
-from ..train import train
 from .options import Overrides, RecipePath
 
 
@@ -20,6 +18,9 @@ def run(
     Writes the resolved recipe (recipe.toml), metrics.jsonl, TensorBoard curves and
     checkpoint.pt to the output directory.
     """
+    from ..recipe import load_recipe  # heavy imports (torch, timm) only when a command runs
+    from ..train import train
+
     loaded = load_recipe(recipe, overrides)
     out_dir = out or Path(loaded.run.out_dir or Path("runs") / loaded.run.name)
     result = train(loaded, out_dir, source=str(recipe))

@@ -1,0 +1,49 @@
+"""Shared fixtures: offline hub, tiny recipes on synthetic data, fresh plugin sets."""
+
+import copy
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+os.environ["HF_HUB_OFFLINE"] = "1"  # a stray download fails in seconds instead of hanging
+
+from arvision.plugins import load_plugins  # noqa: E402
+from arvision.recipe import Recipe, structure_recipe  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+#: A tiny pixel recipe on synthetic 16x16 RGB images: 4x4 patches, 2-block ViT.
+TINY: dict[str, Any] = {
+    "run": {"name": "tiny"},
+    "data": {"source": "synthetic", "synthetic": {"num_images": 64, "image_size": 16,
+                                                  "channels": 3, "num_classes": 4}},
+    "encoder": {"name": "vit_tiny_patch16_224", "img_size": 16, "patch_size": 4,
+                "embed_dim": 32, "depth": 2, "num_heads": 2},
+    "tokenizer": {"name": "pixels"},
+    "ordering": {"name": "raster"},
+    "decoders": [{"name": "linear", "predicts": "next"}],
+    "target": {"name": "mse"},
+    "train": {"batch_size": 8, "steps": 4, "base_lr": 1e-3, "precision": "fp32", "log_every": 2},
+}
+
+
+def tiny_data(**sections: dict[str, Any]) -> dict[str, Any]:
+    """The tiny recipe as a dict with ``sections`` merged over it (one level deep)."""
+    data = copy.deepcopy(TINY)
+    for key, value in sections.items():
+        if isinstance(value, dict) and isinstance(data.get(key), dict):
+            data[key] = {**data[key], **value}
+        else:
+            data[key] = value
+    return data
+
+
+def tiny_recipe(**sections: dict[str, Any]) -> Recipe:
+    return structure_recipe(tiny_data(**sections), "tiny.toml", load_plugins())
+
+
+@pytest.fixture
+def plugins():
+    return load_plugins()

@@ -1,0 +1,94 @@
+"""The training loop: a falling loss, what a run writes, and the divergence guard."""
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from arvision.build import build_model, resolve
+from arvision.checkpoint import load_checkpoint, save_checkpoint
+from arvision.errors import CheckpointError
+from arvision.recipe import load_recipe, structure_recipe
+from arvision.train import DivergedError, train
+from conftest import REPO, tiny_recipe
+
+FMNIST = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
+
+
+def _mean(values):
+    return sum(values) / len(values)
+
+
+def test_tiny_run_learns_and_writes_its_outputs(tmp_path):
+    recipe = tiny_recipe(train={"steps": 40, "base_lr": 0.05, "warmup_steps": 5,
+                                "precision": "bf16", "log_every": 10})
+    result = train(recipe, tmp_path / "run", "tiny.toml")
+    assert result.steps == 40 and len(result.losses) == 40
+    assert _mean(result.losses[-5:]) < 0.8 * _mean(result.losses[:5])
+
+    resolved = load_recipe(tmp_path / "run" / "recipe.toml")
+    assert resolved == recipe
+    lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in lines] == [10, 20, 30, 40]
+    assert {"loss", "loss/linear_next", "lr", "grad_norm", "images_per_s"} <= set(lines[0])
+    assert any((tmp_path / "run" / "tensorboard").iterdir())
+
+    state = load_checkpoint(result.checkpoint)
+    assert state["step"] == 40
+    model = build_model(resolve(structure_recipe(state["recipe"], "ckpt"), "ckpt"))
+    model.load_state_dict(state["model"])  # strict
+
+
+def test_epochs_set_the_step_count_when_steps_is_unset(tmp_path):
+    recipe = tiny_recipe(train={"steps": None, "epochs": 1.5, "batch_size": 16})
+    assert recipe.train.steps is None
+    result = train(recipe, tmp_path / "run")
+    assert result.steps == 6  # 64 images / 16 per batch = 4 steps per epoch
+
+
+def test_non_finite_loss_stops_the_run_naming_the_step(tmp_path, monkeypatch):
+    from arvision_plugins.targets import MSETarget
+
+    def poisoned(self, prediction, target):
+        return (prediction.float() - target).pow(2).mean(-1) * float("nan")
+
+    monkeypatch.setattr(MSETarget, "loss", poisoned)
+    with pytest.raises(DivergedError, match=r"step 1: non-finite loss nan \(parts \{'linear_next'"):
+        train(tiny_recipe(), tmp_path / "run")
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+def test_checkpoint_errors_name_the_file(tmp_path):
+    with pytest.raises(CheckpointError, match="missing.pt: checkpoint not found"):
+        load_checkpoint(tmp_path / "missing.pt")
+    good = tmp_path / "good.pt"
+    save_checkpoint(good, {"model": {"w": torch.ones(1000)}, "step": 1})
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(good.read_bytes()[:200])
+    with pytest.raises(CheckpointError, match="truncated.pt: unreadable checkpoint"):
+        load_checkpoint(truncated)
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"state_dict": {}}, foreign)
+    with pytest.raises(CheckpointError, match="foreign.pt: not an arvision checkpoint"):
+        load_checkpoint(foreign)
+    assert not list(tmp_path.glob(".*.partial"))
+
+
+def _require_fashion_mnist():
+    if not FMNIST.exists():
+        if os.environ.get("CI"):
+            pytest.fail("Fashion-MNIST is missing: .ci/run must apt-get install dataset-fashion-mnist")
+        pytest.skip("Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["igpt_pixel_fmnist", "aim_pixels_fmnist"])
+def test_real_fashion_mnist_run_loss_falls(name, tmp_path, monkeypatch):
+    _require_fashion_mnist()
+    monkeypatch.chdir(REPO)  # recipes name their palette relative to the repository
+    recipe = load_recipe(REPO / "recipes" / f"{name}.toml",
+                         ["train.steps=120", "train.warmup_steps=20", "train.log_every=40"])
+    result = train(recipe, tmp_path / name, f"{name}.toml")
+    assert _mean(result.losses[-10:]) < 0.85 * _mean(result.losses[:10])
