@@ -34,7 +34,7 @@ class EncoderConfig:
     """The student: a timm VisionTransformer created by name, with optional overrides."""
 
     name: str = setting("vit_tiny_patch16_224", "timm model name of a VisionTransformer")
-    img_size: int | None = setting(None, "input size in pixels (default: the model's)",
+    img_size: int | None = setting(None, "input size in pixels (default: the data's image size)",
                                    validator=positive)
     patch_size: int | None = setting(None, "patch size (default: the model's)", validator=positive)
     embed_dim: int | None = setting(None, "token width (default: the model's)", validator=positive)

@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 import torch
+from arvision_plugins import palette
 
 from arvision.data import SyntheticImages
 from arvision.errors import CheckpointError
-
-_PATH = Path(__file__).resolve().parents[1] / "plugins" / "palette.py"
-_SPEC = importlib.util.spec_from_file_location("arvision_plugins.palette", _PATH)
-palette = importlib.util.module_from_spec(_SPEC)
-_SPEC.loader.exec_module(palette)
 
 
 def clustered(

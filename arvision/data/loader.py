@@ -1,5 +1,7 @@
 """From a recipe's ``[data]`` table to a resumable loader of student-sized images in [0, 1]."""
 
+import warnings
+
 import torch
 from torch.utils.data import Dataset
 from torchdata.stateful_dataloader import StatefulDataLoader
@@ -10,6 +12,9 @@ from .fashion_mnist import FashionMNIST
 from .synthetic import SyntheticImages
 
 __all__ = ["Transformed", "build_dataset", "build_loader"]
+
+# torchdata 0.11 calls a deprecated torch API on every loader; the warning is not actionable here.
+warnings.filterwarnings("ignore", message="'set_vital' is deprecated", category=UserWarning)
 
 
 def build_dataset(config: DataConfig, split: str | None = None) -> Dataset:

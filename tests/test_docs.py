@@ -1,0 +1,18 @@
+"""Documentation that is generated from the code stays in step with it."""
+
+from arvision.reference import recipe_reference
+from conftest import REPO
+
+
+def test_recipe_reference_is_up_to_date():
+    written = (REPO / "docs" / "recipes.md").read_text()
+    assert written == recipe_reference(), (
+        "docs/recipes.md is stale: run `python -m arvision.reference > docs/recipes.md`")
+
+
+def test_recipe_reference_documents_every_key():
+    text = recipe_reference()
+    for key in ("train.steps", "train.base_lr", "data.limit", "data.num_workers", "encoder.stem"):
+        section, name = key.split(".")
+        assert f"## `[{section}]`" in text and f"| `{name}` |" in text, key
+    assert "### tokenizer `palette`" in text and "| `path` | `str` | required |" in text
