@@ -91,6 +91,10 @@ def resolve(recipe: Recipe, source: str = "recipe", plugins: Plugins | None = No
     data_size, channels = data_image_spec(recipe)
     enc = recipe.encoder
     channels = enc.in_chans or channels
+    for key, values in (("mean", enc.mean), ("std", enc.std)):
+        if len(values) not in (1, channels):
+            raise RecipeError(f"{source}: encoder.{key}: expected 1 or {channels} values (one per "
+                              f"channel), got {len(values)}")
     tok_reg = plugins.get("tokenizer", recipe.tokenizer.name)
     if enc.stem == "tokens":
         # iGPT: one token per id, so the student grid is the tokenizer's grid, patch 1.
@@ -139,8 +143,9 @@ def build_model(blueprint: Blueprint, with_tokenizer: bool = True) -> ARModel:
     recipe, source, plugins = blueprint.recipe, blueprint.source, blueprint.plugins
     tokenizer = build_tokenizer(blueprint) if with_tokenizer else None
     vocab = blueprint.tokens.dim if recipe.encoder.stem == "tokens" else None
-    encoder = Encoder(recipe.encoder, blueprint.image.size, blueprint.image.patch_size,
-                      blueprint.image.channels, vocab)
+    encoder = _guard(source, "encoder", lambda: Encoder(
+        recipe.encoder, blueprint.image.size, blueprint.image.patch_size, blueprint.image.channels,
+        vocab))
     decoders = {}
     for index, table in enumerate(recipe.decoders):
         registration = plugins.get("decoder", table.name)

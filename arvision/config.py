@@ -14,6 +14,7 @@ from typing import Any
 import attrs
 import cattrs
 from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, IterableValidationError
+from cattrs.gen import make_dict_structure_fn
 
 __all__ = ["TRANSPARENT", "FieldError", "check", "error_lines", "make_converter", "setting"]
 
@@ -69,8 +70,26 @@ def _structure_literal(value: Any, tp: Any) -> Any:
     return value
 
 
+def _tables_only(converter: cattrs.Converter):
+    """Structure attrs classes from tables only: ``train = 3`` says a table was expected."""
+
+    def factory(cls: type):
+        structure = make_dict_structure_fn(cls, converter, _cattrs_forbid_extra_keys=True,
+                                           _cattrs_detailed_validation=True)
+
+        def hook(value: Any, tp: type) -> Any:
+            if not isinstance(value, dict):
+                raise TypeError(f"expected a table, got {value!r}")
+            return structure(value, tp)
+
+        return hook
+
+    return factory
+
+
 def make_converter() -> cattrs.Converter:
     converter = cattrs.Converter(forbid_extra_keys=True, detailed_validation=True)
+    converter.register_structure_hook_factory(attrs.has, _tables_only(converter))
     converter.register_structure_hook(int, _strict(int, (int,), int))
     converter.register_structure_hook(float, _strict(float, (int, float), float))
     converter.register_structure_hook(str, _strict(str, (str,), str))

@@ -38,9 +38,8 @@ def create_vit(config: EncoderConfig, img_size: int, patch_size: int | None, in_
     return vit
 
 
-def _channel_stat(values: tuple[float, ...], channels: int, what: str) -> Tensor:
-    if len(values) not in (1, channels):
-        raise ValueError(f"encoder.{what} has {len(values)} values for {channels} channels")
+def _channel_stat(values: tuple[float, ...], channels: int) -> Tensor:
+    """One value or one per channel -> (1, C, 1, 1)."""
     return torch.tensor(values).expand(channels).reshape(1, channels, 1, 1).clone()
 
 
@@ -63,8 +62,8 @@ class Encoder(nn.Module):
             self.token_embed = nn.Embedding(vocab_size, self.dim)
             nn.init.normal_(self.token_embed.weight, std=0.02)
             self.vit.patch_embed.proj = nn.Identity()  # pixels are never embedded
-        self.register_buffer("mean", _channel_stat(config.mean, in_chans, "mean"), persistent=False)
-        self.register_buffer("std", _channel_stat(config.std, in_chans, "std"), persistent=False)
+        self.register_buffer("mean", _channel_stat(config.mean, in_chans), persistent=False)
+        self.register_buffer("std", _channel_stat(config.std, in_chans), persistent=False)
 
     @property
     def dim(self) -> int:

@@ -74,8 +74,12 @@ def _error_text(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}".splitlines()[0]
 
 
-def _entry_point_plugins(autoload: bool, blocked: set[str]) -> Iterable[tuple[EntryPoint, PluginInfo]]:
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
+def _entry_point_plugins(autoload: bool, blocked: set[str]
+                         ) -> Iterable[tuple[EntryPoint, PluginInfo]]:
+    """Entry points to load, the built-ins first so a third-party name clash cannot hide them."""
+    found = sorted(entry_points(group=ENTRY_POINT_GROUP),
+                   key=lambda ep: (ep.dist is None or ep.dist.name != BUILTIN_DISTRIBUTION))
+    for ep in found:
         dist = ep.dist.name if ep.dist else None
         if ep.name in blocked or (not autoload and dist != BUILTIN_DISTRIBUTION):
             continue
@@ -95,7 +99,14 @@ def load_plugins(
     manager = pluggy.PluginManager(ENTRY_POINT_GROUP)
     manager.add_hookspecs(hookspecs)
     infos: dict[str, PluginInfo] = {}
+    clashes: list[PluginInfo] = []
     for ep, info in _entry_point_plugins(autoload, blocked):
+        if info.name in infos:
+            first = infos[info.name].distribution
+            info.error = (f"entry point name {info.name!r} is already taken by distribution "
+                          f"{first!r}; rename it in {info.distribution}'s entry points")
+            clashes.append(info)
+            continue
         infos[info.name] = info
         try:
             manager.register(ep.load(), name=ep.name)
@@ -109,7 +120,7 @@ def load_plugins(
     registries = {kind: Registry(kind) for kind in KINDS}
     for kind, hook in _HOOKS.items():
         _collect(manager, hook, kind, registries[kind], infos)
-    return Plugins(manager, registries, list(infos.values()))
+    return Plugins(manager, registries, [*infos.values(), *clashes])
 
 
 def _collect(manager: pluggy.PluginManager, hook: str, kind: str, registry: Registry,

@@ -301,7 +301,10 @@ def load_recipe(path: str | Path, overrides: list[str] = (), plugins: Plugins | 
     path = Path(path)
     data = read_toml(path)
     for assignment in overrides:
-        apply_override(data, assignment)
+        try:
+            apply_override(data, assignment)
+        except RecipeError as exc:
+            raise RecipeError(f"{path}: {exc}") from None
     return structure_recipe(data, str(path), plugins)
 
 

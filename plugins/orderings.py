@@ -1,24 +1,36 @@
-"""Built-in orderings."""
+"""Built-in orderings: raster (iGPT, AIM), fixed and random segment orders (D-iGPT), random tokens."""
 
 import attrs
 import torch
 
 from arvision import hookimpl
 from arvision.components import Ordering
+from arvision.config import check, setting
 from arvision.plan import Plan, SegmentLayout
 
-__all__ = ["RasterConfig", "RasterOrdering"]
+__all__ = ["RandomOrdering", "RandomSegmentsOrdering", "RasterOrdering", "SegmentsConfig",
+           "SegmentsOrdering", "TokenOrderConfig"]
+
+positive = check(lambda v: v > 0, "a number > 0")
+
+
+def random_orders(batch_size: int, num_segments: int, generator: torch.Generator | None,
+                  device) -> torch.Tensor:
+    """An independent uniform permutation per sample: (B, S) long."""
+    gen_device = generator.device if generator is not None else "cpu"
+    keys = torch.rand(batch_size, num_segments, generator=generator, device=gen_device)
+    return keys.argsort(dim=1).to(device)
 
 
 @attrs.frozen
-class RasterConfig:
-    """Raster order has no options."""
+class TokenOrderConfig:
+    """One token per segment; no options."""
 
 
 class RasterOrdering(Ordering):
     """One token per segment, row by row: the order of iGPT and AIM."""
 
-    def __init__(self, config: RasterConfig, grid: tuple[int, int]) -> None:
+    def __init__(self, config: TokenOrderConfig, grid: tuple[int, int]) -> None:
         super().__init__(config, grid)
         self.layout = SegmentLayout(*grid)
 
@@ -27,6 +39,46 @@ class RasterOrdering(Ordering):
         return Plan(self.layout, order.expand(batch_size, -1))
 
 
+class RandomOrdering(RasterOrdering):
+    """One token per segment, in a random order per sample (a per-token permutation)."""
+
+    def plan(self, batch_size, generator=None, device=None) -> Plan:
+        return Plan(self.layout, random_orders(batch_size, self.layout.num_segments, generator,
+                                               device))
+
+
+@attrs.frozen
+class SegmentsConfig:
+    rows: int = setting(2, "segments per column of the image", validator=positive)
+    cols: int = setting(2, "segments per row of the image", validator=positive)
+
+
+class SegmentsOrdering(Ordering):
+    """``rows x cols`` equal segments visited in raster order."""
+
+    def __init__(self, config: SegmentsConfig, grid: tuple[int, int]) -> None:
+        super().__init__(config, grid)
+        self.layout = SegmentLayout(config.rows, config.cols)
+        self.layout.cell(grid)  # a ValueError here names both sizes
+        if self.layout.num_segments < 2:
+            raise ValueError("needs at least 2 segments: one to see and one to predict")
+
+    def plan(self, batch_size, generator=None, device=None) -> Plan:
+        order = torch.arange(self.layout.num_segments, device=device)  # (S,)
+        return Plan(self.layout, order.expand(batch_size, -1))
+
+
+class RandomSegmentsOrdering(SegmentsOrdering):
+    """``rows x cols`` equal segments in a random permutation per sample (D-iGPT: 2x2)."""
+
+    def plan(self, batch_size, generator=None, device=None) -> Plan:
+        return Plan(self.layout, random_orders(batch_size, self.layout.num_segments, generator,
+                                               device))
+
+
 @hookimpl
 def register_orderings(register):
-    register("raster", RasterOrdering, RasterConfig)
+    register("raster", RasterOrdering, TokenOrderConfig)
+    register("random", RandomOrdering, TokenOrderConfig)
+    register("segments", SegmentsOrdering, SegmentsConfig)
+    register("random_segments", RandomSegmentsOrdering, SegmentsConfig)

@@ -1,4 +1,4 @@
-"""Built-in targets: cross-entropy on ids, mean squared error on features."""
+"""Built-in targets: cross-entropy on ids; mean squared error and cosine distance on features."""
 
 import attrs
 import torch.nn.functional as F
@@ -8,7 +8,8 @@ from arvision import hookimpl
 from arvision.components import Target, TokenSpec
 from arvision.config import check, setting
 
-__all__ = ["CrossEntropyConfig", "CrossEntropyTarget", "MSEConfig", "MSETarget"]
+__all__ = ["CosineConfig", "CosineTarget", "CrossEntropyConfig", "CrossEntropyTarget", "MSEConfig",
+           "MSETarget"]
 
 
 @attrs.frozen
@@ -48,7 +49,26 @@ class MSETarget(Target):
         return (prediction.float() - target.float()).pow(2).mean(dim=-1)  # (N,)
 
 
+@attrs.frozen
+class CosineConfig:
+    """2 - 2 cos(prediction, target), both L2-normalised (D-iGPT, BYOL)."""
+
+
+class CosineTarget(Target):
+    """Negative cosine similarity as a distance: 0 when aligned, 4 when opposite."""
+
+    def __init__(self, config: CosineConfig, spec: TokenSpec) -> None:
+        if spec.discrete:
+            raise ValueError("'cosine' scores features but the tokenizer gives ids; use 'ce'")
+        super().__init__(config, spec)
+
+    def loss(self, prediction: Tensor, target: Tensor) -> Tensor:
+        cos = F.cosine_similarity(prediction.float(), target.float(), dim=-1, eps=1e-6)  # (N,)
+        return 2 - 2 * cos
+
+
 @hookimpl
 def register_targets(register):
     register("ce", CrossEntropyTarget, CrossEntropyConfig)
     register("mse", MSETarget, MSEConfig)
+    register("cosine", CosineTarget, CosineConfig)

@@ -26,6 +26,10 @@ EXAMPLES = {
         "tokenizer": {"name": "palette", "path": palette_file(tmp), "num_colors": 8, "size": 8},
         "target": {"name": "ce"}, "encoder": {"stem": "tokens"}},
     ("ordering", "raster"): lambda tmp: {"ordering": {"name": "raster"}},
+    ("ordering", "random"): lambda tmp: {"ordering": {"name": "random"}},
+    ("ordering", "segments"): lambda tmp: {"ordering": {"name": "segments", "rows": 2, "cols": 1}},
+    ("ordering", "random_segments"): lambda tmp: {"ordering": {"name": "random_segments"}},
+    ("target", "cosine"): lambda tmp: {"target": {"name": "cosine"}},
     ("decoder", "linear"): lambda tmp: {"decoders": [{"name": "linear", "predicts": "visible"}]},
     ("target", "mse"): lambda tmp: {"target": {"name": "mse"}},
     ("target", "ce"): lambda tmp: {

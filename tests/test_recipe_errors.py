@@ -1,0 +1,330 @@
+"""Recipes: every kind of bad input is one line naming file and key (exit 2); --set; round trips."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pytest
+import tomli_w
+from conftest import REPO, tiny_data
+
+from arvision.cli import main
+from arvision.recipe import Recipe, load_recipe, recipe_to_dict, save_recipe
+
+
+def write(tmp_path: Path, data: dict[str, Any] | None = None, text: str | None = None,
+          name: str = "bad.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(tomli_w.dumps(data) if data is not None else text)
+    return path
+
+
+def without(key: str) -> dict[str, Any]:
+    data = tiny_data()
+    del data[key]
+    return data
+
+
+def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
+    """``arvision ARGV`` in this process: (exit code, stdout, stderr)."""
+    with pytest.raises(SystemExit) as exc:
+        main(list(argv))
+    out, err = capsys.readouterr()
+    return exc.value.code, out, err
+
+
+def assert_one_line_error(code: int, err: str, *needles: str) -> str:
+    assert code == 2, err
+    assert "Traceback" not in err
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    line = lines[0]
+    assert line.startswith("arvision: error: "), line
+    for needle in needles:
+        assert needle in line, f"{needle!r} not in {line!r}"
+    return line
+
+
+# (id, recipe data or raw TOML text, dotted key that must be named, more text the line must contain)
+BAD_RECIPES = [
+    ("toml-syntax", "[train\nbase_lr = 1", "line 1", ["invalid TOML"]),
+    ("toml-duplicate-key", "[train]\nsteps = 1\nsteps = 2\n", "line 3", ["invalid TOML"]),
+    ("unknown-top-level-key", tiny_data(bogus={"a": 1}), "bogus", ["unknown key", "tokenizer"]),
+    ("unknown-key-in-tokenizer", tiny_data(tokenizer={"name": "pixels", "foo": 1}), "tokenizer.foo",
+     ["unknown key", "normalize"]),
+    ("unknown-key-in-decoder", tiny_data(decoders=[{"name": "linear", "foo": 1}]), "decoders[0].foo",
+     ["unknown key"]),
+    ("unknown-key-in-second-decoder",
+     tiny_data(decoders=[{"name": "linear"}, {"name": "linear", "predicts": "visible", "bar": 2}]),
+     "decoders[1].bar", ["unknown key"]),
+    ("unknown-key-in-target", tiny_data(target={"name": "ce", "smoothing": 0.1}), "target.smoothing",
+     ["label_smoothing"]),
+    ("unknown-key-nested", tiny_data(data={"synthetic": {"bogus": 1}}), "data.synthetic.bogus",
+     ["unknown key", "num_images"]),
+    ("string-for-float", tiny_data(train={"base_lr": "fast"}), "train.base_lr",
+     ["expected float", "'fast'"]),
+    ("float-for-int", tiny_data(train={"batch_size": 8.0}), "train.batch_size", ["expected int", "8.0"]),
+    ("bool-for-float", tiny_data(train={"base_lr": True}), "train.base_lr", ["expected float", "True"]),
+    ("string-for-bool", tiny_data(tokenizer={"name": "pixels", "normalize": "yes"}),
+     "tokenizer.normalize", ["expected bool", "'yes'"]),
+    ("float-for-int-in-component", tiny_data(encoder={"depth": 2.5}), "encoder.depth", ["expected int"]),
+    ("wrong-item-type", tiny_data(train={"betas": [0.9, "a"]}), "train.betas[1]", ["expected float"]),
+    ("wrong-tuple-length", tiny_data(train={"betas": [0.9]}), "train.betas", ["[0.9]"]),
+    ("literal-choice", tiny_data(train={"precision": "fp16"}), "train.precision", ["'bf16'", "'fp16'"]),
+    ("literal-in-decoder", tiny_data(decoders=[{"name": "linear", "predicts": "prev"}]),
+     "decoders[0].predicts", ["'next'", "'visible'", "'prev'"]),
+    ("out-of-range", tiny_data(train={"base_lr": -1.0}), "train.base_lr", ["> 0", "-1.0"]),
+    ("out-of-range-zero", tiny_data(train={"clip_grad": 0.0}), "train.clip_grad", ["> 0"]),
+    ("out-of-range-in-component", tiny_data(tokenizer={"name": "pixels", "patch_size": 0}),
+     "tokenizer.patch_size", ["> 0"]),
+    ("out-of-range-in-decoder", tiny_data(decoders=[{"name": "linear", "weight": -1.0}]),
+     "decoders[0].weight", [">= 0"]),
+    ("out-of-range-in-target", tiny_data(tokenizer={"name": "pixels"}, target={
+        "name": "ce", "label_smoothing": 1.5}), "target.label_smoothing", ["[0, 1)", "1.5"]),
+    ("unknown-tokenizer", tiny_data(tokenizer={"name": "pixel"}), "tokenizer.name",
+     ["'pixel'", "did you mean 'pixels'?"]),
+    ("unknown-ordering", tiny_data(ordering={"name": "rastr"}), "ordering.name",
+     ["did you mean 'raster'?"]),
+    ("unknown-decoder", tiny_data(decoders=[{"name": "linear"}, {"name": "lineer", "key": "b"}]),
+     "decoders[1].name", ["did you mean 'linear'?"]),
+    ("unknown-target", tiny_data(target={"name": "mes"}), "target.name", ["did you mean 'mse'?"]),
+    ("component-name-missing", tiny_data(decoders=[{"predicts": "next"}]), "decoders[0].name",
+     ["required", "linear"]),
+    ("component-name-not-str", tiny_data(tokenizer={"name": 3}), "tokenizer.name", ["expected str"]),
+    ("component-not-a-table", tiny_data(tokenizer="pixels"), "tokenizer", ["table"]),
+    ("missing-tokenizer-table", without("tokenizer"), "tokenizer", ["required"]),
+    ("missing-decoders", without("decoders"), "decoders", ["required"]),
+    ("empty-decoders", tiny_data(decoders=[]), "decoders", ["at least one"]),
+    ("duplicate-loss-keys", tiny_data(decoders=[{"name": "linear"}, {"name": "linear"}]), "decoders",
+     ["'linear_next'", "key"]),
+    ("duplicate-explicit-keys",
+     tiny_data(decoders=[{"name": "linear", "key": "a"}, {"name": "linear", "predicts": "visible",
+                                                         "key": "a"}]),
+     "decoders", ["'a'"]),
+    ("ce-on-features", tiny_data(target={"name": "ce"}), "target", ["'mse'"]),
+    ("patch-does-not-divide-image", tiny_data(encoder={"patch_size": 5}), "tokenizer", ["5"]),
+    ("unknown-timm-model", tiny_data(encoder={"name": "vit_nonexistent"}), "encoder",
+     ["vit_nonexistent"]),
+    ("mean-per-channel", tiny_data(encoder={"mean": [0.5, 0.5]}), "encoder.mean", ["2"]),
+    ("table-given-a-number", tiny_data(train=3), "train", ["table", "3"]),
+]
+
+
+def _ids(cases):
+    return [case.values[0] if hasattr(case, "values") else case[0] for case in cases]
+
+
+@pytest.mark.parametrize(("case", "recipe", "key", "more"), BAD_RECIPES, ids=_ids(BAD_RECIPES))
+def test_bad_recipe_is_one_line_with_file_and_key(tmp_path, capsys, case, recipe, key, more):
+    path = write(tmp_path, text=recipe) if isinstance(recipe, str) else write(tmp_path, recipe)
+    code, out, err = run_cli(capsys, "check", str(path))
+    line = assert_one_line_error(code, err, str(path), key, *more)
+    assert out == ""
+    # The key comes right after the file name, as "FILE: KEY: message" (syntax errors excepted).
+    if not case.startswith("toml-"):
+        assert line.startswith(f"arvision: error: {path}: {key}"), line
+
+
+def test_missing_file(tmp_path, capsys):
+    path = tmp_path / "nowhere" / "recipe.toml"
+    code, _, err = run_cli(capsys, "check", str(path))
+    assert_one_line_error(code, err, str(path), "not found")
+
+
+def test_directory_instead_of_file(tmp_path, capsys):
+    code, _, err = run_cli(capsys, "check", str(tmp_path))
+    assert_one_line_error(code, err, str(tmp_path), "directory")
+
+
+def test_not_utf8(tmp_path, capsys):
+    path = tmp_path / "latin1.toml"
+    path.write_bytes('[run]\nname = "caf\xe9"\n'.encode("latin-1"))
+    code, _, err = run_cli(capsys, "check", str(path))
+    assert_one_line_error(code, err, str(path), "invalid TOML")
+
+
+def test_several_errors_still_one_line(tmp_path, capsys):
+    path = write(tmp_path, tiny_data(train={"base_lr": "x", "batch_size": 1.5}))
+    code, _, err = run_cli(capsys, "check", str(path))
+    assert_one_line_error(code, err, str(path), "train.base_lr", "train.batch_size")
+
+
+def test_run_reports_the_same_way(tmp_path, capsys):
+    path = write(tmp_path, tiny_data(train={"base_lr": "x"}))
+    code, _, err = run_cli(capsys, "run", str(path), "--out", str(tmp_path / "out"))
+    assert_one_line_error(code, err, str(path), "train.base_lr")
+    assert not (tmp_path / "out").exists()
+
+
+# --set assignments that cannot be applied: (id, assignment, what the line must name)
+BAD_SETS = [
+    ("no-equals", "train.base_lr", "train.base_lr"),
+    ("empty-key", "=1", "=1"),
+    ("empty-part", "train..base_lr=1", "train..base_lr"),
+    ("index-out-of-range", "decoders.3.weight=0.5", "decoders.3"),
+    ("index-not-a-number", "decoders.first.weight=0.5", "decoders.first"),
+    ("into-a-value", "train.base_lr.x=1", "train.base_lr"),
+]
+
+
+@pytest.mark.parametrize(("case", "assignment", "key"), BAD_SETS, ids=[c[0] for c in BAD_SETS])
+def test_bad_set_is_one_line(tmp_path, capsys, case, assignment, key):
+    path = write(tmp_path, tiny_data())
+    code, _, err = run_cli(capsys, "check", str(path), "--set", assignment)
+    assert_one_line_error(code, err, "--set", key)
+
+
+@pytest.mark.parametrize("assignment", ["train.base_lr", "decoders.3.weight=0.5"])
+def test_bad_set_names_the_recipe_file(tmp_path, capsys, assignment):
+    path = write(tmp_path, tiny_data())
+    code, _, err = run_cli(capsys, "check", str(path), "--set", assignment)
+    assert_one_line_error(code, err, str(path))
+
+
+@pytest.mark.parametrize(("assignment", "key", "more"), [
+    ("train.base_lr=fast", "train.base_lr", "expected float"),
+    ("train.batch_size=2.5", "train.batch_size", "expected int"),
+    ("train.bogus=1", "train.bogus", "unknown key"),
+    ("tokenizer.name=pixel", "tokenizer.name", "did you mean 'pixels'?"),
+    ("decoders.0.foo=1", "decoders[0].foo", "unknown key"),
+    ("encoder.depth=0", "encoder.depth", "> 0"),
+])
+def test_set_value_errors_name_file_and_key(tmp_path, capsys, assignment, key, more):
+    path = write(tmp_path, tiny_data())
+    code, _, err = run_cli(capsys, "check", str(path), "--set", assignment)
+    assert_one_line_error(code, err, str(path), key, more)
+
+
+def test_subprocess_exit_code_and_single_line(tmp_path):
+    path = write(tmp_path, tiny_data(train={"base_lr": "fast"}))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "200"}
+    proc = subprocess.run([sys.executable, "-m", "arvision", "check", "bad.toml"], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stdout == ""
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.splitlines()
+    assert lines == ["arvision: error: bad.toml: train.base_lr: expected float, got 'fast'"], lines
+    assert path.exists()
+
+
+# ---------------------------------------------------------------- --set that works
+
+
+def test_set_overrides_with_toml_values(tmp_path):
+    # The file names a tokenizer that does not exist: the override must replace it before checking.
+    path = write(tmp_path, tiny_data(tokenizer={"name": "pixel"}, target={"name": "ce"}), name="r.toml")
+    recipe = load_recipe(path, [
+        "train.base_lr=1e-3", "encoder.depth=3", "train.betas=[0.9, 0.99]", "tokenizer.name=pixels",
+        "tokenizer.normalize=false", "decoders.0.weight=0.5", "target.name='mse'",
+        "data.synthetic.num_images=32", "run.name='two words'", "data.flip=true", "train.seed=7",
+    ])
+    assert recipe.train.base_lr == 1e-3
+    assert isinstance(recipe.train.base_lr, float)
+    assert recipe.encoder.depth == 3
+    assert recipe.train.betas == (0.9, 0.99)
+    assert recipe.tokenizer.name == "pixels"
+    assert recipe.tokenizer.config.normalize is False
+    assert recipe.decoders[0].weight == 0.5
+    assert recipe.target.name == "mse"
+    assert recipe.data.synthetic.num_images == 32
+    assert recipe.data.synthetic.image_size == 16  # siblings of an overridden key stay
+    assert recipe.run.name == "two words"
+    assert recipe.data.flip is True
+    assert recipe.train.seed == 7
+    assert recipe.train.batch_size == 8  # untouched keys keep the file's values
+
+
+def test_set_bare_word_is_a_string(tmp_path):
+    path = write(tmp_path, tiny_data(tokenizer={"name": "pixels"}), name="r.toml")
+    recipe = load_recipe(path, ["tokenizer.name=pixels", "run.name=hello", "train.device=cpu"])
+    assert recipe.tokenizer.name == "pixels"
+    assert recipe.run.name == "hello"
+    assert recipe.train.device == "cpu"
+
+
+def test_set_is_applied_in_order_and_does_not_touch_the_file(tmp_path):
+    path = write(tmp_path, tiny_data(), name="r.toml")
+    before = path.read_text()
+    recipe = load_recipe(path, ["encoder.depth=3", "encoder.depth=4", "decoders.0.predicts=visible"])
+    assert recipe.encoder.depth == 4
+    assert recipe.decoders[0].predicts == "visible"
+    assert recipe.decoders[0].loss_key == "linear_visible"
+    assert path.read_text() == before
+
+
+def test_cli_set_changes_what_check_builds(tmp_path, capsys):
+    import json
+
+    path = write(tmp_path, tiny_data(), name="r.toml")
+    with pytest.raises(SystemExit) as exc:
+        main(["check", str(path), "--json", "--set", "encoder.depth=3", "-s", "encoder.patch_size=8"])
+    out, _ = capsys.readouterr()
+    assert exc.value.code in (0, None)
+    summary = json.loads(out)
+    assert summary["encoder"]["depth"] == 3
+    assert summary["student_grid"] == [2, 2]
+    assert summary["ordering"]["segments"] == 4
+
+
+# ---------------------------------------------------------------- resolved recipes
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "recipes").glob("*.toml")), ids=lambda p: p.name)
+def test_saved_recipe_loads_back_equal(tmp_path, monkeypatch, plugins, path):
+    monkeypatch.chdir(REPO)
+    recipe = load_recipe(path.relative_to(REPO), plugins=plugins)
+    saved = tmp_path / "recipe.toml"
+    save_recipe(recipe, saved, plugins)
+    again = load_recipe(saved, plugins=plugins)
+    assert again == recipe
+    assert recipe_to_dict(again, plugins) == recipe_to_dict(recipe, plugins)
+    save_recipe(again, tmp_path / "twice.toml", plugins)
+    assert (tmp_path / "twice.toml").read_text() == saved.read_text()
+
+
+def test_saved_recipe_is_fully_resolved(tmp_path, plugins):
+    source = write(tmp_path, tiny_data(decoders=[
+        {"name": "linear", "predicts": "next", "weight": 0.25},
+        {"name": "linear", "predicts": "visible", "key": "own"}]), name="in.toml")
+    recipe = load_recipe(source, ["train.betas=[0.8, 0.9]"], plugins=plugins)
+    saved = tmp_path / "resolved.toml"
+    save_recipe(recipe, saved, plugins)
+    import tomllib
+
+    data = tomllib.loads(saved.read_text())
+    # Defaults the source left out are written, overrides are applied, unset options omitted.
+    assert data["train"]["betas"] == [0.8, 0.9]
+    assert data["train"]["weight_decay"] == 0.05
+    assert data["encoder"]["stem"] == "patch"
+    assert data["tokenizer"] == {"name": "pixels", "normalize": True}
+    assert data["decoders"] == [
+        {"name": "linear", "predicts": "next", "weight": 0.25},
+        {"name": "linear", "predicts": "visible", "weight": 1.0, "key": "own"}]
+    assert "steps" in data["train"] and "out_dir" not in data["run"]
+    assert load_recipe(saved, plugins=plugins) == recipe
+
+
+def test_component_configs_are_frozen_instances_of_the_registered_class(plugins):
+    from conftest import tiny_recipe
+
+    recipe = tiny_recipe(tokenizer={"name": "pixels", "patch_size": 2})
+    assert isinstance(recipe, Recipe)
+    tables = [("tokenizer", recipe.tokenizer), ("ordering", recipe.ordering),
+              ("target", recipe.target), *(("decoder", table) for table in recipe.decoders)]
+    for kind, table in tables:
+        registered = plugins.get(kind, table.name).config
+        assert type(table.config) is registered, (kind, table.name)
+        assert attrs.has(type(table.config))
+        fields = attrs.fields(type(table.config))
+        if fields:
+            with pytest.raises(attrs.exceptions.FrozenInstanceError):
+                setattr(table.config, fields[0].name, None)
+    assert recipe.tokenizer.config.patch_size == 2
+    with pytest.raises(attrs.exceptions.FrozenInstanceError):
+        recipe.train.base_lr = 1.0
+    with pytest.raises(attrs.exceptions.FrozenInstanceError):
+        recipe.tokenizer = None
