@@ -33,7 +33,7 @@ def register_tokenizers(register: Register) -> None:
 
 @hookspec
 def register_orderings(register: Register) -> None:
-    """Register orderings: a grid -> segments and a per-sample order (:class:`~arvision.components.Ordering`)."""
+    """Register orderings: a grid -> segments, per-sample orders (:class:`~arvision.components.Ordering`)."""
 
 
 @hookspec

@@ -16,7 +16,7 @@ import attrs
 import pluggy
 
 from . import hookspecs
-from .registry import KINDS, DuplicateComponentError, Registration, Registry
+from .registry import KINDS, Registration, Registry
 
 __all__ = ["BUILTIN_DISTRIBUTION", "ENTRY_POINT_GROUP", "PluginInfo", "Plugins", "get_plugins",
            "load_plugins"]
