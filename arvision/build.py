@@ -11,7 +11,7 @@ import attrs
 import torch
 
 from .components import DecoderContext, ImageSpec, Ordering, Target, Tokenizer, TokenSpec
-from .encoder import Encoder, create_vit
+from .encoder import Encoder, create_vit, default_taps
 from .errors import ArvisionError, RecipeError
 from .model import ARModel
 from .plan import SegmentLayout
@@ -59,20 +59,26 @@ class Blueprint:
         return (self.num_segments - 1) * self.layout.tokens_per_segment(self.tokens.grid) + \
             self.tokens.cls
 
+    @property
+    def taps(self) -> tuple[int, ...]:
+        return self.recipe.encoder.taps or default_taps(self.depth)
+
     def decoder_context(self, predicts: str) -> DecoderContext:
         return DecoderContext(
             predicts=predicts, encoder_dim=self.encoder_dim,
-            num_taps=len(self.recipe.encoder.taps) or 4, out_dim=self.target.output_dim,
+            num_taps=len(self.taps), out_dim=self.target.output_dim,
             grid=self.grid, layout=self.layout, cls_target=self.tokens.cls,
             encoder_cls=self.encoder_cls,
         )
 
 
-def data_image_spec(recipe: Recipe) -> tuple[int, int]:
-    """(side, channels) of the images the data source yields."""
+def data_image_spec(recipe: Recipe) -> tuple[int | None, int]:
+    """(side, channels) of the images the data source yields (side None: any, resized)."""
     data = recipe.data
     if data.source == "synthetic":
         return data.synthetic.image_size, data.synthetic.channels
+    if data.source == "imagefolder":
+        return None, 3
     return 28, 1  # Fashion-MNIST
 
 
@@ -96,6 +102,9 @@ def resolve(recipe: Recipe, source: str = "recipe", plugins: Plugins | None = No
             raise RecipeError(f"{source}: encoder.{key}: expected 1 or {channels} values (one per "
                               f"channel), got {len(values)}")
     tok_reg = plugins.get("tokenizer", recipe.tokenizer.name)
+    if enc.stem == "tokens" and not (enc.img_size or data_size):
+        raise RecipeError(f"{source}: encoder.img_size: required with stem 'tokens' when the data "
+                          f"source ({recipe.data.source}) has no fixed image size")
     if enc.stem == "tokens":
         # iGPT: one token per id, so the student grid is the tokenizer's grid, patch 1.
         tokens = _guard(source, "tokenizer", lambda: tok_reg.factory.token_spec(
@@ -109,7 +118,11 @@ def resolve(recipe: Recipe, source: str = "recipe", plugins: Plugins | None = No
         img_size, patch_size = enc.img_size or data_size, enc.patch_size
     with torch.device("meta"):
         vit = _guard(source, "encoder", lambda: create_vit(enc, img_size, patch_size, channels))
-    image = ImageSpec(img_size, channels, vit.patch_embed.patch_size[0])
+    image = ImageSpec(vit.patch_embed.img_size[0], channels, vit.patch_embed.patch_size[0])
+    depth = len(vit.blocks)
+    if any(not 1 <= tap <= depth for tap in enc.taps):
+        raise RecipeError(f"{source}: encoder.taps: expected block numbers in 1..{depth}, got "
+                          f"{list(enc.taps)}")
     if enc.stem == "patch":
         tokens = _guard(source, "tokenizer", lambda: tok_reg.factory.token_spec(
             recipe.tokenizer.config, image))
@@ -124,7 +137,7 @@ def resolve(recipe: Recipe, source: str = "recipe", plugins: Plugins | None = No
     target_reg = plugins.get("target", recipe.target.name)
     target = _guard(source, "target", lambda: target_reg.factory(recipe.target.config, tokens))
     return Blueprint(recipe, source, plugins, data_size, image, tokens, ordering, target,
-                     vit.embed_dim, len(vit.blocks), vit.cls_token is not None)
+                     vit.embed_dim, depth, vit.cls_token is not None)
 
 
 def build_tokenizer(blueprint: Blueprint) -> Tokenizer:
@@ -153,5 +166,7 @@ def build_model(blueprint: Blueprint, with_tokenizer: bool = True) -> ARModel:
         decoder = _guard(source, f"decoders[{index}]",
                          lambda r=registration, t=table, c=context: r.factory(t.config, c))
         decoders[table.loss_key] = (table, decoder)
+    if not any(decoder.reads_final_output for _, decoder in decoders.values()):
+        encoder.vit.norm.requires_grad_(False)  # unused: keep it out of the optimiser (and DDP)
     return ARModel(tokenizer, blueprint.tokens, blueprint.ordering, encoder, decoders,
                    blueprint.target)

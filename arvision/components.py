@@ -162,6 +162,10 @@ class Decoder(nn.Module, ABC):
     ``"visible"`` scores it against segment k itself.
     """
 
+    #: Whether the decoder reads ``EncoderOutput.last`` (the encoder's final norm). When no
+    #: decoder does, that norm is frozen so every trained parameter takes part in the loss.
+    reads_final_output: bool = True
+
     def __init__(self, config: Any, context: DecoderContext) -> None:
         super().__init__()
         self.config = config

@@ -2,6 +2,7 @@
 
 import timm
 import torch
+from timm.layers import build_sincos2d_pos_embed
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 
@@ -17,18 +18,17 @@ def default_taps(depth: int) -> tuple[int, ...]:
     return tuple(sorted({max(1, round(depth * k / 12)) for k in (6, 8, 10, 12)}))
 
 
-def create_vit(config: EncoderConfig, img_size: int, patch_size: int | None, in_chans: int
+def create_vit(config: EncoderConfig, img_size: int | None, patch_size: int | None, in_chans: int
                ) -> VisionTransformer:
     """The timm model named by the recipe, headless, with the recipe's overrides."""
     overrides = {key: value for key, value in {
-        "patch_size": patch_size, "embed_dim": config.embed_dim, "depth": config.depth,
+        "img_size": img_size, "patch_size": patch_size, "embed_dim": config.embed_dim, "depth": config.depth,
         "num_heads": config.num_heads,
     }.items() if value is not None}
     try:
         vit = timm.create_model(
-            config.name, pretrained=False, num_classes=0, global_pool="", img_size=img_size,
-            in_chans=in_chans, class_token=config.class_token, drop_path_rate=config.drop_path,
-            **overrides,
+            config.name, pretrained=False, num_classes=0, global_pool="", in_chans=in_chans,
+            class_token=config.class_token, drop_path_rate=config.drop_path, **overrides,
         )
     except RuntimeError as exc:  # timm's "Unknown model"
         raise ValueError(str(exc).splitlines()[0]) from None
@@ -62,8 +62,19 @@ class Encoder(nn.Module):
             self.token_embed = nn.Embedding(vocab_size, self.dim)
             nn.init.normal_(self.token_embed.weight, std=0.02)
             self.vit.patch_embed.proj = nn.Identity()  # pixels are never embedded
+        if config.pos_embed == "sincos":
+            self._fix_sincos_positions()
         self.register_buffer("mean", _channel_stat(config.mean, in_chans), persistent=False)
         self.register_buffer("std", _channel_stat(config.std, in_chans), persistent=False)
+
+    def _fix_sincos_positions(self) -> None:
+        """Fixed 2-D sin-cos positions (zero for CLS), excluded from training."""
+        pos = self.vit.pos_embed  # (1, [1 +] N, D)
+        table = build_sincos2d_pos_embed(list(self.grid), self.dim)  # (N, D)
+        with torch.no_grad():
+            pos.zero_()
+            pos[0, pos.shape[1] - table.shape[0]:] = table
+        pos.requires_grad_(False)
 
     @property
     def dim(self) -> int:

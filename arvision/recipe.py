@@ -46,6 +46,8 @@ class EncoderConfig:
         "patch", "'patch': patch embedding of pixels; 'tokens': embedding of the tokenizer's ids "
         "(iGPT), one token per id")
     class_token: bool = setting(True, "prepend a CLS token")
+    pos_embed: Literal["learned", "sincos"] = setting(
+        "learned", "'learned' position embeddings, or fixed 2-D sin-cos ones (D-iGPT, MAE)")
     taps: tuple[int, ...] = setting((), "1-based blocks whose outputs feed multi-level decoders "
                                     "(default: 4 blocks spread like 6/8/10/12 of 12)")
     mean: tuple[float, ...] = setting((0.5,), "input normalisation mean (one value or one per "
@@ -68,14 +70,20 @@ class SyntheticConfig:
 class DataConfig:
     """Where images come from."""
 
-    source: Literal["fashion_mnist", "synthetic"] = setting("fashion_mnist", "data source")
+    source: Literal["fashion_mnist", "imagefolder", "synthetic"] = setting(
+        "fashion_mnist", "data source ('imagefolder': ROOT/SPLIT/<class>/<image>, as ImageNet)")
     root: str | None = setting(None, "data directory (fashion_mnist default: "
                                "/usr/share/datasets/fashion-mnist)")
-    split: Literal["train", "test"] = setting("train", "split used for pretraining")
+    split: str = setting("train", "split used for pretraining (fashion_mnist: train or test; "
+                         "imagefolder: the sub-folder)")
     limit: int | None = setting(None, "use only the first N images (smoke runs)",
                                 validator=positive)
     num_workers: int = setting(0, "data loader worker processes", validator=non_negative)
     flip: bool = setting(False, "random horizontal flip")
+    crop_scale: tuple[float, float] | None = setting(
+        None, "RandomResizedCrop area range, e.g. [0.2, 1.0] (D-iGPT); unset: plain resize",
+        validator=check(lambda v: 0 < v[0] <= v[1] <= 1, "0 < low <= high <= 1"))
+    interpolation: Literal["bilinear", "bicubic"] = setting("bicubic", "resize interpolation")
     synthetic: SyntheticConfig = setting(attrs.Factory(SyntheticConfig), "synthetic source options")
 
 

@@ -7,6 +7,8 @@ from arvision import hookimpl
 from arvision.components import Decoder, DecoderContext, EncoderOutput, Prediction
 from arvision.plan import Plan
 
+from .transformer_decoder import TransformerDecoder, TransformerDecoderConfig
+
 __all__ = ["LinearConfig", "LinearDecoder"]
 
 
@@ -41,3 +43,4 @@ class LinearDecoder(Decoder):
 @hookimpl
 def register_decoders(register):
     register("linear", LinearDecoder, LinearConfig)
+    register("transformer", TransformerDecoder, TransformerDecoderConfig)

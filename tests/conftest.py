@@ -9,8 +9,8 @@ import pytest
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # a stray download fails in seconds instead of hanging
 
-from arvision.plugins import load_plugins  # noqa: E402
-from arvision.recipe import Recipe, structure_recipe  # noqa: E402
+from arvision.plugins import load_plugins
+from arvision.recipe import Recipe, structure_recipe
 
 REPO = Path(__file__).resolve().parents[1]
 

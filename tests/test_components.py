@@ -10,6 +10,7 @@ from arvision.plugins import load_plugins
 from arvision.registry import KINDS
 from arvision_plugins.palette import save_palette
 from conftest import tiny_recipe
+from teachers import write_vqkd_checkpoint
 
 
 def palette_file(tmp_path: Path, colors: int = 8, channels: int = 3) -> str:
@@ -25,12 +26,22 @@ EXAMPLES = {
     ("tokenizer", "palette"): lambda tmp: {
         "tokenizer": {"name": "palette", "path": palette_file(tmp), "num_colors": 8, "size": 8},
         "target": {"name": "ce"}, "encoder": {"stem": "tokens"}},
+    ("tokenizer", "vqkd"): lambda tmp: {
+        "tokenizer": {"name": "vqkd", "checkpoint": str(write_vqkd_checkpoint(
+            tmp / "vqkd.pth", size=16, patch_size=4, embed_dim=32, depth=2, num_heads=2,
+            num_codes=16, code_dim=8)), "size": 16, "patch_size": 4, "embed_dim": 32, "depth": 2,
+            "num_heads": 2, "num_codes": 16, "code_dim": 8},
+        "target": {"name": "ce"}},
     ("ordering", "raster"): lambda tmp: {"ordering": {"name": "raster"}},
     ("ordering", "random"): lambda tmp: {"ordering": {"name": "random"}},
     ("ordering", "segments"): lambda tmp: {"ordering": {"name": "segments", "rows": 2, "cols": 1}},
     ("ordering", "random_segments"): lambda tmp: {"ordering": {"name": "random_segments"}},
     ("target", "cosine"): lambda tmp: {"target": {"name": "cosine"}},
     ("decoder", "linear"): lambda tmp: {"decoders": [{"name": "linear", "predicts": "visible"}]},
+    ("decoder", "transformer"): lambda tmp: {
+        "ordering": {"name": "random_segments"}, "target": {"name": "cosine"},
+        "decoders": [{"name": "transformer", "predicts": predicts, "dim": 16, "depth": 2,
+                      "num_heads": 2} for predicts in ("next", "visible")]},
     ("target", "mse"): lambda tmp: {"target": {"name": "mse"}},
     ("target", "ce"): lambda tmp: {
         "tokenizer": {"name": "palette", "path": palette_file(tmp), "num_colors": 8},

@@ -61,17 +61,17 @@ def test_non_finite_loss_stops_the_run_naming_the_step(tmp_path, monkeypatch):
 
 
 def test_checkpoint_errors_name_the_file(tmp_path):
-    with pytest.raises(CheckpointError, match="missing.pt: checkpoint not found"):
+    with pytest.raises(CheckpointError, match=r"missing\.pt: checkpoint not found"):
         load_checkpoint(tmp_path / "missing.pt")
     good = tmp_path / "good.pt"
     save_checkpoint(good, {"model": {"w": torch.ones(1000)}, "step": 1})
     truncated = tmp_path / "truncated.pt"
     truncated.write_bytes(good.read_bytes()[:200])
-    with pytest.raises(CheckpointError, match="truncated.pt: unreadable checkpoint"):
+    with pytest.raises(CheckpointError, match=r"truncated\.pt: unreadable checkpoint"):
         load_checkpoint(truncated)
     foreign = tmp_path / "foreign.pt"
     torch.save({"state_dict": {}}, foreign)
-    with pytest.raises(CheckpointError, match="foreign.pt: not an arvision checkpoint"):
+    with pytest.raises(CheckpointError, match=r"foreign\.pt: not an arvision checkpoint"):
         load_checkpoint(foreign)
     assert not list(tmp_path.glob(".*.partial"))
 

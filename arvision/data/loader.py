@@ -1,12 +1,15 @@
 """From a recipe's ``[data]`` table to a resumable loader of student-sized images in [0, 1]."""
 
 import warnings
+from pathlib import Path
 
 import torch
 from torch.utils.data import Dataset
 from torchdata.stateful_dataloader import StatefulDataLoader
+from torchvision.datasets import ImageFolder
 from torchvision.transforms import v2
 
+from ..errors import DataError
 from ..recipe import DataConfig
 from .fashion_mnist import FashionMNIST
 from .synthetic import SyntheticImages
@@ -27,8 +30,27 @@ def build_dataset(config: DataConfig, split: str | None = None) -> Dataset:
         if config.limit:
             dataset = torch.utils.data.Subset(dataset, range(min(config.limit, len(dataset))))
         return dataset
+    if config.source == "imagefolder":
+        return _image_folder(config, split)
     kwargs = {"root": config.root} if config.root else {}
     return FashionMNIST(split=split, limit=config.limit, **kwargs)
+
+
+def _image_folder(config: DataConfig, split: str) -> Dataset:
+    if not config.root:
+        raise DataError("data.root: required for source 'imagefolder' (ROOT/SPLIT/<class>/<image>)")
+    root = Path(config.root) / split
+    if not root.is_dir():
+        raise DataError(f"data.root: {root} does not exist (expected an image folder tree: "
+                        f"{root}/<class>/<image>)")
+    try:
+        dataset = ImageFolder(str(root), transform=v2.Compose([
+            v2.ToImage(), v2.ToDtype(torch.float32, scale=True)]))
+    except (FileNotFoundError, RuntimeError) as exc:
+        raise DataError(f"data.root: {root}: {str(exc).splitlines()[0]}") from None
+    if config.limit:
+        dataset = torch.utils.data.Subset(dataset, range(min(config.limit, len(dataset))))
+    return dataset
 
 
 class Transformed(Dataset):
@@ -47,10 +69,16 @@ class Transformed(Dataset):
 
 
 def train_transform(config: DataConfig, size: int):
-    steps = [v2.Resize((size, size), antialias=True)]
+    """Crop (or resize) to the student's size, optionally flip; images stay float in [0, 1]."""
+    mode = getattr(v2.InterpolationMode, config.interpolation.upper())
+    if config.crop_scale is not None:
+        steps = [v2.RandomResizedCrop(size, scale=config.crop_scale, interpolation=mode,
+                                      antialias=True)]
+    else:
+        steps = [v2.Resize((size, size), interpolation=mode, antialias=True)]
     if config.flip:
         steps.append(v2.RandomHorizontalFlip())
-    return v2.Compose(steps)
+    return v2.Compose([*steps, v2.ToDtype(torch.float32), v2.Lambda(lambda x: x.clamp(0, 1))])
 
 
 def build_loader(dataset: Dataset, config: DataConfig, batch_size: int, size: int, seed: int,
