@@ -89,7 +89,10 @@ def _guard(source: str, key: str, make: Callable[[], Any]) -> Any:
     except ArvisionError:
         raise
     except (ValueError, TypeError) as exc:
-        raise RecipeError(f"{source}: {key}: {str(exc).splitlines()[0]}") from None
+        message = str(exc).splitlines()[0]
+        if not message.startswith(f"{key}."):  # the component may already name its own key
+            message = f"{key}: {message}"
+        raise RecipeError(f"{source}: {message}") from None
 
 
 def resolve(recipe: Recipe, source: str = "recipe", plugins: Plugins | None = None) -> Blueprint:

@@ -99,6 +99,8 @@ class TrainConfig:
                              validator=positive)
     min_lr: float = setting(0.0, "learning rate at the end of the cosine", validator=non_negative)
     warmup_steps: int = setting(0, "linear warmup steps", validator=non_negative)
+    warmup_epochs: float | None = setting(None, "linear warmup in epochs (overrides warmup_steps "
+                                          "when set)", validator=non_negative)
     weight_decay: float = setting(0.05, "AdamW weight decay (none on biases, norms, 1-D params)",
                                   validator=non_negative)
     betas: tuple[float, float] = setting((0.9, 0.95), "AdamW betas")

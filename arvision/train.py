@@ -61,9 +61,13 @@ def make_optimizer(model: torch.nn.Module, config: TrainConfig, device: torch.de
     return torch.optim.AdamW(groups, lr=lr, betas=config.betas, fused=device.type == "cuda")
 
 
-def make_scheduler(optimizer, config: TrainConfig, steps: int) -> CosineLRScheduler:
+def make_scheduler(optimizer, config: TrainConfig, steps: int, batches_per_epoch: int
+                   ) -> CosineLRScheduler:
     """Per-step linear warmup, then cosine to ``min_lr``."""
-    warmup = min(config.warmup_steps, steps - 1)
+    warmup = config.warmup_steps
+    if config.warmup_epochs is not None:
+        warmup = round(config.warmup_epochs * batches_per_epoch)
+    warmup = min(warmup, steps - 1)
     return CosineLRScheduler(
         optimizer, t_initial=max(1, steps - warmup), lr_min=config.min_lr, warmup_t=warmup,
         warmup_lr_init=config.min_lr, warmup_prefix=True, t_in_epochs=False,
@@ -91,7 +95,7 @@ def train(recipe: Recipe, out_dir: Path, source: str = "recipe",
     steps = total_steps(config, len(loader))
     model = build_model(blueprint).to(device)
     optimizer = make_optimizer(model, config, device)
-    scheduler = make_scheduler(optimizer, config, steps)
+    scheduler = make_scheduler(optimizer, config, steps, len(loader))
     out_dir.mkdir(parents=True, exist_ok=True)
     save_recipe(recipe, out_dir / "recipe.toml", blueprint.plugins)
     log = MetricLog(out_dir, steps)

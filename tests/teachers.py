@@ -102,14 +102,25 @@ def register_clip_config(name: str = TINY_CLIP, config: dict | None = None) -> s
     return name
 
 
-def tiny_clip(seed: int = 0, name: str = TINY_CLIP, config: dict | None = None):
-    """A randomly initialised (seeded) open_clip CLIP of the tiny config, in eval mode."""
+def tiny_clip(seed: int = 0, name: str = TINY_CLIP, config: dict | None = None, **options):
+    """A randomly initialised (seeded) open_clip CLIP of the tiny config, in eval mode;
+    ``options`` go to ``open_clip.create_model`` (``force_quick_gelu=True``, ...)."""
     import open_clip
 
     register_clip_config(name, config)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        return open_clip.create_model(name).eval()
+        return open_clip.create_model(name, **options).eval()
+
+
+def fake_hub_cache(cache: Path, repo_id: str, filename: str, model) -> Path:
+    """Put ``model``'s state dict where ``huggingface_hub`` (offline) finds ``repo_id/filename``."""
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    revision = "0" * 40
+    (repo / "snapshots" / revision).mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(revision)
+    return write_clip_checkpoint(repo / "snapshots" / revision / filename, model)
 
 
 def write_clip_checkpoint(path: Path, model=None) -> Path:

@@ -4,10 +4,10 @@ import json
 
 import pytest
 import torch
-from arvision_plugins.palette import load_palette, quantize
-from conftest import REPO
 
 from arvision.cli import main
+from arvision_plugins.palette import load_palette, quantize
+from conftest import REPO
 
 
 def run_cli(capsys, *argv: str) -> tuple[int, str, str]:

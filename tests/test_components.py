@@ -10,7 +10,7 @@ from arvision.plugins import load_plugins
 from arvision.registry import KINDS
 from arvision_plugins.palette import save_palette
 from conftest import tiny_recipe
-from teachers import write_vqkd_checkpoint
+from teachers import TINY_CLIP, TINY_VIT, write_clip_checkpoint, write_vit_checkpoint, write_vqkd_checkpoint
 
 
 def palette_file(tmp_path: Path, colors: int = 8, channels: int = 3) -> str:
@@ -32,6 +32,11 @@ EXAMPLES = {
             num_codes=16, code_dim=8)), "size": 16, "patch_size": 4, "embed_dim": 32, "depth": 2,
             "num_heads": 2, "num_codes": 16, "code_dim": 8},
         "target": {"name": "ce"}},
+    ("tokenizer", "clip"): lambda tmp: {"tokenizer": {  # teacher grid 4x4, as the student's
+        "name": "clip", "model": TINY_CLIP, "pretrained": str(write_clip_checkpoint(tmp / "clip.pt"))}},
+    ("tokenizer", "timm"): lambda tmp: {"tokenizer": {  # teacher grid 8x8: predictions resampled
+        "name": "timm", **TINY_VIT, "checkpoint": str(write_vit_checkpoint(tmp / "vit.pt")),
+        "size": 64}},
     ("ordering", "raster"): lambda tmp: {"ordering": {"name": "raster"}},
     ("ordering", "random"): lambda tmp: {"ordering": {"name": "random"}},
     ("ordering", "segments"): lambda tmp: {"ordering": {"name": "segments", "rows": 2, "cols": 1}},

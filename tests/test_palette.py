@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from arvision_plugins import palette
 
 from arvision.data import SyntheticImages
 from arvision.errors import CheckpointError
+from arvision_plugins import palette
 
 
 def clustered(

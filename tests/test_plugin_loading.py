@@ -13,7 +13,6 @@ from types import SimpleNamespace
 import attrs
 import pytest
 import torch
-from conftest import REPO, tiny_data
 
 import arvision
 from arvision.build import resolve
@@ -22,6 +21,7 @@ from arvision.errors import ArvisionError, RecipeError
 from arvision.plugins import PluginInfo, load_plugins
 from arvision.recipe import structure_recipe
 from arvision.registry import DuplicateComponentError
+from conftest import REPO, tiny_data
 
 BUILTIN_COMPONENTS = {
     "tokenizer": {"pixels", "palette"},

@@ -9,10 +9,10 @@ from typing import Any
 import attrs
 import pytest
 import tomli_w
-from conftest import REPO, tiny_data
 
 from arvision.cli import main
 from arvision.recipe import Recipe, load_recipe, recipe_to_dict, save_recipe
+from conftest import REPO, tiny_data
 
 
 def write(tmp_path: Path, data: dict[str, Any] | None = None, text: str | None = None,

@@ -1,0 +1,231 @@
+"""A timm VisionTransformer and its checkpoint file as a feature teacher (tokenizer ``timm``).
+
+Lets a locally trained model serve as the target of feature prediction: an encoder pretrained or
+fine-tuned by arvision (a plain timm checkpoint), or any timm ViT exported with ``torch.save``.
+
+- The architecture comes from the recipe: the timm model name plus the overrides (``img_size``,
+  ``patch_size``, ``embed_dim``, ``depth``, ``num_heads``, ``in_chans``, ``class_token``), never
+  guessed from the checkpoint. Only the classifier side, which does not change the tokens, is read
+  from the file: ``head.weight`` sets ``num_classes`` and ``fc_norm.weight`` (an average-pool
+  fine-tune) selects ``global_pool='avg'``.
+- The file loads strictly (``timm.models.load_state_dict``: a bare state dict, or one under
+  ``state_dict``/``model``/EMA keys, ``module.`` prefixes removed; from an arvision training
+  checkpoint, the ``encoder.vit.*`` part). Missing, unexpected and mis-shaped keys are one
+  :class:`~arvision.errors.CheckpointError` line naming the file.
+- Tokens: ``layer = None`` gives ``forward_features`` (after the final ``norm``; a model with
+  ``fc_norm`` has an Identity there, as in timm); ``layer = k`` gives the raw output of block k
+  (blocks after k are dropped at build time). Prefix tokens are split off; the class token, when
+  the model has one, is the CLS target.
+"""
+
+import difflib
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import attrs
+import timm
+import torch
+import torch.nn.functional as F
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.models import load_state_dict
+from timm.models.vision_transformer import VisionTransformer
+from torch import Tensor, nn
+
+from arvision import hookimpl
+from arvision.components import ImageSpec, Tokenizer, Tokens, TokenSpec
+from arvision.config import check, setting
+from arvision.errors import CheckpointError
+
+__all__ = ["ARVISION_ENCODER", "TimmTeacher", "TimmTeacherConfig", "load_error", "prepare_images"]
+
+positive = check(lambda v: v > 0, "a number > 0")
+_SHOWN = 4  # keys named in an error line
+#: Where an arvision training checkpoint keeps the encoder's timm ViT in its "model" state.
+ARVISION_ENCODER = "encoder.vit."
+
+
+@attrs.frozen
+class TimmTeacherConfig:
+    model: str = setting(help="timm name of a VisionTransformer (vit_base_patch16_224, ...)")
+    checkpoint: str | None = setting(
+        None, "weights file, strictly loaded: a timm state dict, or an arvision training "
+        "checkpoint (its encoder); none: random weights, for smoke tests only")
+    layer: int | None = setting(None, "none: the final normed tokens; k: the output of block k "
+                                "(1-based)", validator=positive)
+    size: int | None = setting(None, "teacher input side in pixels (default: the model's img_size; "
+                               "another size interpolates the position embedding)",
+                               validator=positive)
+    img_size: int | None = setting(None, "img_size the model is built with (default: the model's)",
+                                   validator=positive)
+    patch_size: int | None = setting(None, "patch size (default: the model's)", validator=positive)
+    embed_dim: int | None = setting(None, "token width (default: the model's)", validator=positive)
+    depth: int | None = setting(None, "number of blocks (default: the model's)", validator=positive)
+    num_heads: int | None = setting(None, "attention heads (default: the model's)",
+                                    validator=positive)
+    in_chans: int | None = setting(None, "input channels (default: the model's; 1-channel images "
+                                   "are repeated to fill them)", validator=positive)
+    class_token: bool | None = setting(None, "the model has a class token (default: the model's)")
+    mean: tuple[float, ...] = setting(tuple(IMAGENET_DEFAULT_MEAN),
+                                      "input normalisation mean (one value or one per channel); "
+                                      "an arvision encoder expects its recipe's encoder.mean")
+    std: tuple[float, ...] = setting(tuple(IMAGENET_DEFAULT_STD), "input normalisation std")
+    precision: Literal["bf16", "fp32"] = setting("bf16", "autocast dtype of the teacher forward")
+
+
+def create_vit(config: TimmTeacherConfig, **kwargs: Any) -> VisionTransformer:
+    """The configured timm ViT (random weights) on the current default device."""
+    overrides = {key: getattr(config, key) for key in (
+        "img_size", "patch_size", "embed_dim", "depth", "num_heads", "in_chans", "class_token")}
+    overrides = {key: value for key, value in overrides.items() if value is not None}
+    try:
+        vit = timm.create_model(config.model, pretrained=False, **{**overrides, **kwargs})
+    except RuntimeError as exc:
+        if "Unknown model" not in str(exc):
+            raise
+        close = difflib.get_close_matches(config.model, timm.list_models(), n=4, cutoff=0.7)
+        hint = f" (close: {', '.join(close)})" if close else ""
+        raise ValueError(f"tokenizer.model: unknown timm model {config.model!r}{hint}") from None
+    if not isinstance(vit, VisionTransformer):
+        raise ValueError(f"tokenizer.model: {config.model!r} is a timm {type(vit).__name__}; "
+                         "the timm teacher takes a VisionTransformer (vit_*)")
+    return vit
+
+
+def prepare_images(images: Tensor, size: int, channels: int, mean: Tensor, std: Tensor) -> Tensor:
+    """Images (B, C, H, W) in [0, 1] -> (B, channels, size, size), bicubic, then normalised."""
+    if images.shape[-2:] != (size, size):
+        images = F.interpolate(images, size=(size, size), mode="bicubic", antialias=True,
+                               align_corners=False).clamp(0, 1)
+    if images.shape[1] != channels:  # grey images for an RGB teacher
+        images = images.expand(-1, channels, -1, -1)
+    return (images - mean) / std
+
+
+def channel_stat(values: tuple[float, ...], channels: int, what: str) -> Tensor:
+    if len(values) not in (1, channels):
+        raise ValueError(f"tokenizer.{what} has {len(values)} values for {channels} channels")
+    return torch.tensor(values, dtype=torch.float32).expand(channels).reshape(1, -1, 1, 1).clone()
+
+
+def check_channels(image: ImageSpec, channels: int) -> None:
+    if image.channels not in (1, channels):
+        raise ValueError(f"the teacher reads {channels}-channel images; the data has "
+                         f"{image.channels} channels")
+
+
+class TimmTeacher(Tokenizer):
+    """A timm ViT + checkpoint as feature teacher: tokens (B, h, w, D), class token as CLS (B, D).
+
+    Final normed tokens, or with ``layer = k`` the output of block k; no CLS without a class token.
+    """
+
+    @classmethod
+    def token_spec(cls, config: TimmTeacherConfig, image: ImageSpec) -> TokenSpec:
+        vit = _meta_vit(config)  # the architecture only: no weights, no file read
+        size, patch = config.size or vit.patch_embed.img_size[0], vit.patch_embed.patch_size[0]
+        if size % patch:
+            raise ValueError(f"tokenizer: patch size {patch} does not divide the input size {size}")
+        if config.layer is not None and config.layer > len(vit.blocks):
+            raise ValueError(f"tokenizer.layer {config.layer} is past the model's "
+                             f"{len(vit.blocks)} blocks")
+        check_channels(image, vit.patch_embed.proj.in_channels)
+        for what in ("mean", "std"):
+            channel_stat(getattr(config, what), vit.patch_embed.proj.in_channels, what)
+        return TokenSpec(grid=(size // patch, size // patch), dim=vit.embed_dim, discrete=False,
+                         cls=vit.cls_token is not None)
+
+    def __init__(self, config: TimmTeacherConfig, image: ImageSpec) -> None:
+        super().__init__(config, image)
+        path = None if config.checkpoint is None else Path(config.checkpoint).expanduser()
+        state = read_state_dict(path) if path is not None else {}
+        head = {"num_classes": state["head.weight"].shape[0] if "head.weight" in state else 0,
+                "global_pool": "avg" if "fc_norm.weight" in state else ""}
+        # Another input size than the model's interpolates the position embedding on the fly.
+        resized = config.size not in (None, _meta_vit(config).patch_embed.img_size[0])
+        self.vit = create_vit(config, **head, **({"dynamic_img_size": True} if resized else {}))
+        if path is not None:
+            load_strict(self.vit, state, f"tokenizer.checkpoint {path}", config.model)
+        if config.layer is not None:  # keep blocks 1..k; no final norm, no head
+            self.vit.prune_intermediate_layers([config.layer - 1], prune_norm=True)
+        channels = self.vit.patch_embed.proj.in_channels
+        self.register_buffer("mean", channel_stat(config.mean, channels, "mean"), persistent=False)
+        self.register_buffer("std", channel_stat(config.std, channels, "std"), persistent=False)
+        self.freeze()
+
+    def forward(self, images: Tensor) -> Tokens:
+        h, w = self.spec.grid
+        x = prepare_images(images, h * self.vit.patch_embed.patch_size[0],
+                           self.vit.patch_embed.proj.in_channels, self.mean, self.std)
+        bf16 = self.config.precision == "bf16"
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
+            x = self.vit.forward_features(x)  # (B, P + h*w, D): final norm, or block k (pruned)
+        x = x.float()
+        tokens = x[:, self.vit.num_prefix_tokens:].reshape(x.shape[0], h, w, -1)  # (B, h, w, D)
+        cls = x[:, 0] if self.vit.cls_token is not None else None  # (B, D)
+        return Tokens(tokens, cls)
+
+
+def _meta_vit(config: TimmTeacherConfig) -> VisionTransformer:
+    with torch.device("meta"):
+        return create_vit(config, num_classes=0, global_pool="")
+
+
+def read_state_dict(path: Path) -> dict[str, Tensor]:
+    """A state dict read the way timm reads ``checkpoint_path``, or a one-line CheckpointError."""
+    if not path.is_file():
+        what = "is a directory" if path.is_dir() else "does not exist"
+        raise CheckpointError(f"tokenizer.checkpoint {path} {what}")
+    try:
+        state = load_state_dict(str(path))
+    except Exception as exc:
+        raise CheckpointError(f"tokenizer.checkpoint {path} is not a readable weights file "
+                              f"({type(exc).__name__}: {_first_line(exc)})") from None
+    if not any(key.startswith(ARVISION_ENCODER) for key in state):
+        return state
+    # An arvision training checkpoint ({"model": ARModel state}): its encoder is a timm ViT.
+    return {key.removeprefix(ARVISION_ENCODER): value for key, value in state.items()
+            if key.startswith(ARVISION_ENCODER)}
+
+
+def load_strict(module: nn.Module, state: dict[str, Tensor], what: str, model: str) -> None:
+    """``module.load_state_dict(state)``, strictly, failing with :func:`load_error`."""
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise load_error(what, model, exc) from None
+
+
+def load_error(what: str, model: str, exc: BaseException) -> CheckpointError:
+    """One line for a file that does not load into ``model``: torch's strict-load report condensed
+    to a few missing, unexpected and mis-shaped keys, under ``what`` (naming the file)."""
+    text = str(exc)
+    if "Error(s) in loading state_dict" not in text:
+        return CheckpointError(f"{what} does not load into {model}: {type(exc).__name__}: "
+                               f"{_first_line(exc)}")
+    parts = []
+    for label in ("Missing", "Unexpected"):
+        found = re.search(rf"{label} key\(s\) in state_dict: (.*)", text)
+        if found:
+            keys = re.findall(r'"([^"]+)"', found.group(1))
+            parts.append(f"{label.lower()} keys {_some(keys)}")
+    shapes = re.findall(r"size mismatch for (\S+): copying a param with shape torch\.Size\((\[.*?\])\) "
+                        r"from checkpoint, the shape in current model is torch\.Size\((\[.*?\])\)", text)
+    if shapes:
+        parts.append("shape mismatch " + _some([f"{key} ({file} in the file, {model} in the model)"
+                                                for key, file, model in shapes]))
+    return CheckpointError(f"{what} does not fit {model} as configured: {'; '.join(parts)}")
+
+
+def _some(items: list[str]) -> str:
+    more = f", ... ({len(items)} in all)" if len(items) > _SHOWN else ""
+    return ", ".join(items[:_SHOWN]) + more
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [""])[0][:200]
+
+
+@hookimpl
+def register_tokenizers(register):
+    register("timm", TimmTeacher, TimmTeacherConfig)
