@@ -6,7 +6,7 @@ import typer
 
 from ..errors import ArvisionError
 from ..plugins import Plugins, get_plugins
-from . import check, plugins_command, run
+from . import check, convert, export, plugins_command, run
 
 __all__ = ["build_app", "main"]
 
@@ -22,6 +22,8 @@ def build_app(plugins: Plugins) -> typer.Typer:
     app.command("run")(run.run)
     app.command("check")(check.check)
     app.command("plugins")(plugins_command.plugins)
+    app.add_typer(convert.convert_app(), name="convert")
+    app.command("export")(export.export)
     for impl in plugins.manager.hook.register_commands.get_hookimpls():
         try:
             impl.function(app=app)

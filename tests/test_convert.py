@@ -1,0 +1,466 @@
+"""D-iGPT's released checkpoint into arvision (same losses), and arvision's encoder out to timm.
+
+``Reference`` below re-states the released D-iGPT model (OliverRensu/D-iGPT,
+DiGPT_torch/models_digpt.py and vit.py) at a tiny size, with its parameter names and quirks: CLS
+last, additive masks made by reflect-padding a block-triangular one, one LayerNorm shared by the
+four taps (default eps), the interleaved ``reshape(B, L, dim, depth)`` of the memory projection,
+MAE-layout sin-cos tables and a bilinear resample of every predicted segment to the teacher's
+cell. Its segment permutation is an argument here (the original draws ``torch.randperm``).
+"""
+
+import argparse
+import math
+
+import attrs
+import pytest
+import timm
+import tomli_w
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from arvision import hookimpl
+from arvision.build import build_model, resolve
+from arvision.checkpoint import load_checkpoint, save_checkpoint
+from arvision.cli import main
+from arvision.components import Tokenizer, Tokens, TokenSpec
+from arvision.convert import convert_digpt_official, export_timm
+from arvision.errors import CheckpointError, RecipeError
+from arvision.plugins import load_plugins
+from arvision.recipe import recipe_to_dict, structure_recipe
+from arvision.train import train
+from conftest import tiny_recipe
+
+IMAGENET = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+GRID, TEACHER_GRID, TEACHER_DIM = 4, 8, 12  # student 32 px / patch 8; teacher 8x8 (resampled)
+
+
+def digpt_recipe(tokenizer: dict | None = None, **encoder) -> dict:
+    """D-iGPT's layout at a tiny size: depth 12 (taps 6/8/10/12), width 16, 2x2 segments."""
+    return {
+        "run": {"name": "digpt-tiny"},
+        "data": {"source": "synthetic", "synthetic": {"num_images": 8, "image_size": 32,
+                                                      "channels": 3, "num_classes": 2}},
+        "encoder": {"name": "vit_tiny_patch16_224", "img_size": 32, "patch_size": 8,
+                    "embed_dim": 16, "depth": 12, "num_heads": 2, "pos_embed": "sincos",
+                    **IMAGENET, **encoder},
+        "tokenizer": tokenizer or {"name": "features", "grid": TEACHER_GRID, "dim": TEACHER_DIM},
+        "ordering": {"name": "random_segments", "rows": 2, "cols": 2},
+        "decoders": [
+            {"name": "transformer", "predicts": "next", "key": "generative", "dim": 16, "depth": 2,
+             "num_heads": 2},
+            {"name": "transformer", "predicts": "visible", "key": "discriminative", "dim": 16,
+             "depth": 2, "num_heads": 2},
+        ],
+        "target": {"name": "cosine"},
+        "train": {"batch_size": 4, "steps": 2, "precision": "fp32"},
+    }
+
+
+# --- an inline feature teacher with a CLS target (the role CLIP plays in D-iGPT) ---------------
+
+@attrs.frozen
+class FeaturesConfig:
+    grid: int = 8
+    dim: int = 12
+
+
+class Features(Tokenizer):
+    """Features (B, grid, grid, dim) + CLS; the tests pass their own tokens to ``forward``."""
+
+    @classmethod
+    def token_spec(cls, config: FeaturesConfig, image) -> TokenSpec:
+        return TokenSpec((config.grid, config.grid), config.dim, discrete=False, cls=True)
+
+    def forward(self, images: Tensor) -> Tokens:
+        batch, (h, w), dim = images.shape[0], self.spec.grid, self.spec.dim
+        return Tokens(torch.randn(batch, h, w, dim), torch.randn(batch, dim))
+
+
+class FeaturesPlugin:
+    @hookimpl
+    def register_tokenizers(self, register):
+        register("features", Features, FeaturesConfig)
+
+
+@pytest.fixture(scope="module")
+def plugins():
+    return load_plugins(extra={"test-features": FeaturesPlugin()})
+
+
+# --- the reference model, restated -------------------------------------------------------------
+
+def mae_sincos(dim: int, grid: int) -> Tensor:
+    """MAE's fixed table (1 + grid^2, dim): a zero CLS row, then [sin, cos](column) | [sin, cos](row)."""
+    omega = 1.0 / 10000 ** (torch.arange(dim // 4, dtype=torch.float64) / (dim // 4))
+    rows, cols = torch.meshgrid(torch.arange(grid), torch.arange(grid), indexing="ij")
+
+    def one_axis(coord: Tensor) -> Tensor:
+        angles = coord.flatten().double()[:, None] * omega[None]
+        return torch.cat([angles.sin(), angles.cos()], dim=1)
+
+    table = torch.cat([one_axis(cols), one_axis(rows)], dim=1).float()
+    return torch.cat([torch.zeros(1, dim), table])
+
+
+def additive_mask(segments: int, per_segment: int) -> Tensor:
+    """0 where attending, -inf elsewhere, over segments then one CLS row/column (reflect pad)."""
+    blocks = torch.zeros(segments, segments).masked_fill(
+        torch.ones(segments, segments).triu(1).bool(), float("-inf"))
+    full = blocks.repeat_interleave(per_segment, 0).repeat_interleave(per_segment, 1)
+    return F.pad(full[None, None], (0, 1, 0, 1), mode="reflect")[0, 0]
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(dim, 4 * dim), nn.Linear(4 * dim, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc2(F.gelu(self.fc1(x)))
+
+
+def attend(q: Tensor, k: Tensor, v: Tensor, heads: int, mask: Tensor) -> Tensor:
+    """(B, N, C) each -> softmax(q k^T / sqrt(d) + mask) v, per head, (B, N, C)."""
+    batch, length, dim = q.shape
+
+    def split(t: Tensor) -> Tensor:
+        return t.view(batch, -1, heads, dim // heads).transpose(1, 2)
+
+    scores = split(q) @ split(k).transpose(-2, -1) / math.sqrt(dim // heads) + mask
+    return (scores.softmax(-1) @ split(v)).transpose(1, 2).reshape(batch, length, dim)
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.heads, self.qkv, self.proj = heads, nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+        return self.proj(attend(*self.qkv(x).chunk(3, dim=-1), self.heads, mask))
+
+
+class CrossAttention(nn.Module):
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.heads, self.q, self.kv = heads, nn.Linear(dim, dim), nn.Linear(dim, 2 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: Tensor, memory: Tensor, mask: Tensor) -> Tensor:
+        return self.proj(attend(self.q(x), *self.kv(memory).chunk(2, dim=-1), self.heads, mask))
+
+
+class Block(nn.Module):
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.norm1, self.norm2 = nn.LayerNorm(dim, eps=1e-6), nn.LayerNorm(dim, eps=1e-6)
+        self.attn, self.mlp = SelfAttention(dim, heads), Mlp(dim)
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+        x = x + self.attn(self.norm1(x), mask)
+        return x + self.mlp(self.norm2(x))
+
+
+class DecoderBlock(nn.Module):
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.norm1, self.norm2 = nn.LayerNorm(dim, eps=1e-6), nn.LayerNorm(dim, eps=1e-6)
+        self.norm2_1, self.norm2_2 = nn.LayerNorm(dim, eps=1e-6), nn.LayerNorm(dim, eps=1e-6)
+        self.attn1, self.attn2 = SelfAttention(dim, heads), CrossAttention(dim, heads)
+        self.mlp = Mlp(dim)
+
+    def forward(self, x: Tensor, memory: Tensor, mask: Tensor) -> Tensor:
+        x = x + self.attn1(self.norm1(x), mask)
+        x = x + self.attn2(self.norm2_1(x), self.norm2_2(memory), mask)
+        return x + self.mlp(self.norm2(x))
+
+
+def to_cells(x: Tensor, grid: int) -> Tensor:
+    """(B, grid*grid, C) row-major -> (B, 4, cell*cell, C): 2x2 cells in raster order."""
+    batch, cell, dim = x.shape[0], grid // 2, x.shape[-1]
+    x = x.reshape(batch, 2, cell, 2, cell, dim).permute(0, 1, 3, 2, 4, 5)
+    return x.reshape(batch, 4, cell * cell, dim)
+
+
+class Reference(nn.Module):
+    """The released model's parameters (names and quirks) and forward, at any size."""
+
+    def __init__(self, img: int, patch: int, dim: int, depth: int, heads: int, ddim: int,
+                 ddepth: int, dheads: int, out: int) -> None:
+        super().__init__()
+        self.grid, self.heads, self.ddim, self.ddepth = img // patch, heads, ddim, ddepth
+        self.patch_embed = nn.Module()
+        self.patch_embed.proj = nn.Conv2d(3, dim, patch, patch)
+        self.pos_embed = nn.Parameter(mae_sincos(dim, self.grid)[None], requires_grad=False)
+        self.blocks = nn.ModuleList(Block(dim, heads) for _ in range(depth))
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.decoder_pos_embed = nn.Parameter(mae_sincos(ddim, self.grid)[None], requires_grad=False)
+        self.register_buffer("mask", additive_mask(3, (self.grid // 2) ** 2))
+        for p in ("ar", "kd"):
+            setattr(self, f"{p}_enc2dec", nn.Linear(4 * dim, ddepth * ddim))
+            setattr(self, f"{p}_enc_norm", nn.ModuleList([nn.LayerNorm(dim)] * 4))  # shared, eps 1e-5
+            setattr(self, f"{p}_blocks", nn.ModuleList(DecoderBlock(ddim, dheads)
+                                                        for _ in range(ddepth)))
+            setattr(self, f"{p}_token", nn.Parameter(torch.zeros(1, 1, ddim)))
+            setattr(self, f"{p}_norm", nn.LayerNorm(ddim, eps=1e-6))
+            setattr(self, f"{p}_pred", nn.Linear(ddim, out))
+
+    def forward(self, images: Tensor, target: Tensor, perm: Tensor) -> tuple[Tensor, Tensor]:
+        """Normalised images, target (B, 1 + T, C) CLS first, perm (B, 4) -> (ar_loss, kd_loss)."""
+        batch, rows = images.shape[0], torch.arange(images.shape[0])[:, None]
+        x = self.patch_embed.proj(images).flatten(2).transpose(1, 2)  # (B, N, D)
+        x = (to_cells(x, self.grid) + to_cells(self.pos_embed[:, 1:].expand(batch, -1, -1),
+                                                self.grid))[rows, perm]  # (B, 4, t, D)
+        dec_pos = to_cells(self.decoder_pos_embed[:, 1:].expand(batch, -1, -1), self.grid)[rows, perm]
+        tgrid = math.isqrt(target.shape[1] - 1)
+        labels = to_cells(target[:, 1:], tgrid)[rows, perm]  # (B, 4, t', C)
+        cls = (self.cls_token + self.pos_embed[:, :1]).expand(batch, -1, -1)
+        x = torch.cat([x[:, :3].flatten(1, 2), cls], dim=1)  # CLS last
+        taps = []
+        for index, block in enumerate(self.blocks, start=1):
+            x = block(x, self.mask)
+            if index in (6, 8, 10, 12):
+                taps.append(x)
+        losses = []
+        for p, segments in (("ar", slice(1, None)), ("kd", slice(None, 3))):
+            normed = [norm(tap) for norm, tap in zip(getattr(self, f"{p}_enc_norm"), taps, strict=True)]
+            memory = getattr(self, f"{p}_enc2dec")(torch.cat(normed, dim=-1))
+            memory = memory.reshape(batch, memory.shape[1], self.ddim, self.ddepth)  # interleaved
+            token = getattr(self, f"{p}_token")
+            q = torch.cat([(token + dec_pos[:, segments]).flatten(1, 2),
+                           (token + self.decoder_pos_embed[:, :1]).expand(batch, -1, -1)], dim=1)
+            for i, block in enumerate(getattr(self, f"{p}_blocks")):
+                q = block(q, memory[..., i], self.mask)
+            pred = getattr(self, f"{p}_pred")(getattr(self, f"{p}_norm")(q))  # (B, 3t + 1, C)
+            truth = torch.cat([labels[:, segments].flatten(1, 2), target[:, :1]], dim=1)
+            losses.append(self.loss(pred, truth))
+        return losses[0], losses[1]
+
+    def loss(self, pred: Tensor, truth: Tensor) -> Tensor:
+        batch, dim, cell = pred.shape[0], pred.shape[-1], self.grid // 2
+        tcell = math.isqrt((truth.shape[1] - 1) // 3)
+        cells = pred[:, :-1].reshape(batch * 3, cell, cell, dim).permute(0, 3, 1, 2)
+        cells = F.interpolate(cells, size=(tcell, tcell), mode="bilinear")  # align_corners False
+        cells = cells.permute(0, 2, 3, 1).reshape(batch, -1, dim)
+        pred = torch.cat([cells, pred[:, -1:]], dim=1)
+        pred, truth = pred / pred.norm(dim=-1, keepdim=True), truth / truth.norm(dim=-1, keepdim=True)
+        return (2 - 2 * (pred * truth).sum(-1)).mean()
+
+
+def reference(out: int = TEACHER_DIM, seed: int = 0) -> Reference:
+    """A random (not initial) reference model in eval mode, sized like :func:`digpt_recipe`."""
+    torch.manual_seed(seed)
+    model = Reference(32, 8, 16, 12, 2, 16, 2, 2, out)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name in ("pos_embed", "decoder_pos_embed"):
+                continue
+            if name.endswith("bias") or param.dim() == 3:  # biases, cls_token, ar/kd_token
+                param.copy_(0.1 * torch.randn_like(param))
+            elif param.dim() == 1:  # LayerNorm weights
+                param.copy_(1 + 0.1 * torch.randn_like(param))
+            else:
+                param.copy_(torch.randn_like(param) / math.sqrt(param[0].numel()))
+    return model.eval()
+
+
+def batch_inputs(batch: int = 3, dim: int = TEACHER_DIM):
+    gen = torch.Generator().manual_seed(1)
+    images = torch.rand(batch, 3, 32, 32, generator=gen)
+    target = torch.randn(batch, 1 + TEACHER_GRID ** 2, dim, generator=gen)
+    perm = torch.stack([torch.randperm(4, generator=gen) for _ in range(batch)])
+    return images, target, perm
+
+
+def normalised(images: Tensor) -> Tensor:
+    mean, std = (torch.tensor(IMAGENET[k])[None, :, None, None] for k in ("mean", "std"))
+    return (images - mean) / std
+
+
+# --- conversion --------------------------------------------------------------------------------
+
+def test_reference_quirks_are_in_its_state_dict():
+    state = reference().state_dict()
+    # ModuleList([LayerNorm] * 4): four keys, one tensor
+    assert {f"ar_enc_norm.{i}.weight" for i in range(4)} <= set(state)
+    assert state["ar_enc_norm.0.weight"].data_ptr() == state["ar_enc_norm.3.weight"].data_ptr()
+    mask = state["mask"]  # CLS (last) sees all; only the last segment sees CLS
+    assert mask[-1].eq(0).all() and mask[:-1, -1].eq(0).tolist() == [False] * 8 + [True] * 4
+    assert state["decoder_pos_embed"][0, 0].eq(0).all()
+
+
+def test_converted_model_gives_the_reference_losses(plugins):
+    ref = reference()
+    images, target, perm = batch_inputs()
+    with torch.no_grad():
+        ar_loss, kd_loss = ref(normalised(images), target, perm)
+    recipe = structure_recipe(digpt_recipe(), "digpt.toml", plugins)
+    state = convert_digpt_official({"model": ref.state_dict(), "epoch": 3}, recipe, plugins=plugins)
+    model = build_model(resolve(recipe, plugins=plugins), with_tokenizer=False).eval()
+    default = model.decoders["generative"].position.clone()
+    model.load_state_dict(state, strict=True)
+    assert not torch.equal(default, model.decoders["generative"].position)  # MAE's layout, carried
+    tokens = Tokens(target[:, 1:].reshape(-1, TEACHER_GRID, TEACHER_GRID, TEACHER_DIM), target[:, 0])
+    with torch.no_grad():
+        out = model(images, tokens=tokens, order=perm)
+    # Equal up to float rounding. (The reference's tap norms use LayerNorm's default eps 1e-5,
+    # arvision's the decoder's 1e-6: no visible effect at these activation scales.)
+    torch.testing.assert_close(out.parts["generative"], ar_loss, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out.parts["discriminative"], kd_loss, rtol=1e-5, atol=1e-6)
+    assert out.parts["generative"] != out.parts["discriminative"]
+
+
+def test_checkpoint_without_decoder_positions_still_loads(plugins):
+    """Before positions were saved: a missing ``position`` keeps the built-in sin-cos table."""
+    recipe = structure_recipe(digpt_recipe(), "digpt.toml", plugins)
+    model = build_model(resolve(recipe, plugins=plugins), with_tokenizer=False)
+    state = {key: value for key, value in model.state_dict().items() if not key.endswith(".position")}
+    default = model.decoders["generative"].position.clone()
+    model.load_state_dict(state, strict=True)
+    assert torch.equal(model.decoders["generative"].position, default)
+
+
+def test_shared_norm_saved_once_fills_all_taps(plugins):
+    state = reference().state_dict()
+    for p in ("ar", "kd"):
+        for i in (1, 2, 3):
+            for name in ("weight", "bias"):
+                del state[f"{p}_enc_norm.{i}.{name}"]
+    recipe = structure_recipe(digpt_recipe(), "digpt.toml", plugins)
+    converted = convert_digpt_official(state, recipe, plugins=plugins)
+    norm0 = state["ar_enc_norm.0.weight"]
+    assert all(torch.equal(converted[f"decoders.generative.memory.norms.{i}.weight"], norm0)
+               for i in range(4))
+
+
+def test_interleaved_projection_is_reordered(plugins):
+    state = reference().state_dict()
+    recipe = structure_recipe(digpt_recipe(), "digpt.toml", plugins)
+    converted = convert_digpt_official(state, recipe, plugins=plugins)
+    source, proj = state["kd_enc2dec.weight"], converted["decoders.discriminative.memory.proj.weight"]
+    depth, dim = 2, 16
+    for layer in range(depth):
+        for feature in (0, 5, dim - 1):
+            assert torch.equal(proj[layer * dim + feature], source[feature * depth + layer])
+
+
+def one_line_error(error, match: str, call) -> str:
+    with pytest.raises(error, match=match) as info:
+        call()
+    assert "\n" not in str(info.value)
+    return str(info.value)
+
+
+@pytest.mark.parametrize(("edit", "match"), [
+    (lambda s: s.pop("ar_blocks.1.norm1.weight"), r"missing keys ar_blocks\.1\.norm1\.weight"),
+    (lambda s: s.update(extra=torch.zeros(1)), r"unexpected keys extra"),
+    (lambda s: s.update({"ar_pred.weight": torch.zeros(13, 16)}),
+     r"shape mismatch ar_pred\.weight \(\[13, 16\] in the checkpoint, \[12, 16\] from the recipe\)"),
+    (lambda s: s.update(pos_embed=torch.zeros(1, 26, 16)),
+     r"pos_embed \(\[1, 26, 16\] in the checkpoint, \[1, 17, 16\] from the recipe\)"),
+    (lambda s: s["decoder_pos_embed"][0, 0].fill_(1.0), r"decoder_pos_embed\[0, 0\].*not zero"),
+    (lambda s: [s.pop(k) for k in list(s) if k.startswith("blocks.11.")],
+     r"blocks\.\*: 11 blocks in the checkpoint, 12 from digpt.toml \(encoder\.depth\)"),
+], ids=["missing", "unexpected", "shape", "grid", "cls-position", "depth"])
+def test_checkpoint_that_does_not_fit_is_one_line(plugins, edit, match):
+    state = {key: value.clone() for key, value in reference().state_dict().items()}
+    edit(state)
+    recipe = structure_recipe(digpt_recipe(), "digpt.toml", plugins)
+    one_line_error(CheckpointError, match,
+                   lambda: convert_digpt_official(state, recipe, plugins=plugins, source="digpt.toml"))
+
+
+@pytest.mark.parametrize(("change", "match"), [
+    ({"encoder": {"taps": [3, 6, 9, 12]}}, r"encoder\.taps: D-iGPT's decoders read blocks \[6, 8, 10, 12\]"),
+    ({"encoder": {"pos_embed": "learned"}}, r"encoder\.pos_embed"),
+    ({"ordering": {"name": "random_segments", "rows": 4, "cols": 4}}, r"ordering: .*2x2"),
+    ({"decoders": [{"name": "transformer", "predicts": "next", "dim": 16, "depth": 2,
+                    "num_heads": 2}]}, r"decoders: .*'next'"),
+], ids=["taps", "pos_embed", "layout", "decoders"])
+def test_recipe_that_cannot_hold_digpt_is_one_line(plugins, change, match):
+    data = digpt_recipe()
+    for section, value in change.items():
+        data[section] = {**data[section], **value} if isinstance(value, dict) else value
+    recipe = structure_recipe(data, "digpt.toml", plugins)
+    state = reference().state_dict()
+    one_line_error(RecipeError, match,
+                   lambda: convert_digpt_official(state, recipe, plugins=plugins, source="digpt.toml"))
+
+
+# --- command line ------------------------------------------------------------------------------
+
+def run_cli(capsys, *argv) -> tuple[int, str, str]:
+    try:
+        main([str(arg) for arg in argv])
+        code = 0
+    except SystemExit as exc:
+        code = exc.code or 0
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+#: The global plugins have no feature teacher with CLS: pixels (4x4 patches, 8x8 grid, 48-d).
+PIXELS = {"name": "pixels", "patch_size": 4}
+
+
+def write_reference_checkpoint(path, state) -> None:
+    torch.save({"model": state, "optimizer": {}, "epoch": 299, "scaler": {"scale": 1.0},
+                "args": argparse.Namespace(model="DiGPT_vit_base", blr=1.5e-4)}, path)
+
+
+def test_cli_convert_writes_a_checkpoint_the_recipe_loads(tmp_path, capsys):
+    ref_path, out, recipe_path = tmp_path / "checkpoint-299.pth", tmp_path / "arv.pt", tmp_path / "r.toml"
+    write_reference_checkpoint(ref_path, reference(out=48).state_dict())
+    recipe_path.write_text(tomli_w.dumps(digpt_recipe(PIXELS)))
+    code, stdout, err = run_cli(capsys, "convert", "digpt-official", ref_path, out, "--recipe",
+                                recipe_path)
+    assert code == 0, err
+    assert f"wrote {out}" in stdout
+    saved = load_checkpoint(out)
+    assert saved["step"] == 0
+    recipe = structure_recipe(saved["recipe"], "saved")
+    model = build_model(resolve(recipe), with_tokenizer=False)
+    model.load_state_dict(saved["model"], strict=True)
+    code, stdout, err = run_cli(capsys, "export", out, "--timm", tmp_path / "encoder.pth")
+    assert code == 0, err
+    vit = eval(stdout.strip().splitlines()[-1], {"timm": timm})  # loads strictly
+    pos = saved["model"]["encoder.vit.pos_embed"]  # the reference's (MAE-layout) table
+    assert torch.equal(vit.pos_embed, pos) and pos[0, 1:].ne(0).any()
+
+    code, _, err = run_cli(capsys, "convert", "digpt-official", ref_path, out, "--recipe",
+                           recipe_path, "--set", "encoder.taps=[2, 4, 6, 8]")
+    assert code == 2 and "Traceback" not in err
+    assert err.count("\n") == 1 and "encoder.taps" in err
+
+
+# --- timm export -------------------------------------------------------------------------------
+
+def test_export_loads_in_timm_with_the_same_features(tmp_path, capsys):
+    recipe = tiny_recipe(train={"steps": 2, "batch_size": 8, "precision": "fp32", "log_every": 1})
+    result = train(recipe, tmp_path / "run", source="tiny.toml")
+    out = tmp_path / "encoder.pth"
+    code, stdout, err = run_cli(capsys, "export", result.checkpoint, "--timm", out)
+    assert code == 0, err
+    call = stdout.strip().splitlines()[-1]
+    assert call == (f"timm.create_model('vit_tiny_patch16_224', pretrained=False, num_classes=0, "
+                    f"img_size=16, patch_size=4, embed_dim=32, depth=2, num_heads=2, in_chans=3, "
+                    f"class_token=True, checkpoint_path={str(out)!r})")
+    vit = eval(call, {"timm": timm}).eval()  # the printed call, as a user would paste it
+    timm.models.load_checkpoint(vit, str(out), strict=True)  # strict, explicitly
+    model = build_model(resolve(recipe)).eval()
+    model.load_state_dict(load_checkpoint(result.checkpoint)["model"], strict=True)
+    images = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(vit.forward_features(images),
+                                   model.encoder.vit.forward_features(images), rtol=0, atol=0)
+
+
+def test_export_of_a_tokens_stem_is_one_line(tmp_path, capsys):
+    recipe = tiny_recipe(tokenizer={"name": "palette", "path": "palette.json", "num_colors": 8,
+                                    "size": 6}, target={"name": "ce"}, encoder={"stem": "tokens"})
+    path = tmp_path / "tokens.pt"
+    save_checkpoint(path, {"model": {}, "step": 0, "recipe": recipe_to_dict(recipe)})
+    one_line_error(CheckpointError, r"stem = 'tokens'", lambda: export_timm(path, tmp_path / "x.pth"))
+    code, _, err = run_cli(capsys, "export", path, "--timm", tmp_path / "x.pth")
+    assert code == 2 and err.count("\n") == 1 and "stem = 'tokens'" in err
+    assert not (tmp_path / "x.pth").exists()
