@@ -11,7 +11,7 @@ import attrs
 import torch
 
 from .components import DecoderContext, ImageSpec, Ordering, Target, Tokenizer, TokenSpec
-from .encoder import Encoder, create_vit, default_taps
+from .encoder import Encoder, create_encoder_vit, default_taps
 from .errors import ArvisionError, RecipeError
 from .model import ARModel
 from .plan import SegmentLayout
@@ -120,7 +120,7 @@ def resolve(recipe: Recipe, source: str = "recipe", plugins: Plugins | None = No
     else:
         img_size, patch_size = enc.img_size or data_size, enc.patch_size
     with torch.device("meta"):
-        vit = _guard(source, "encoder", lambda: create_vit(enc, img_size, patch_size, channels))
+        vit = _guard(source, "encoder", lambda: create_encoder_vit(enc, img_size, patch_size, channels))
     image = ImageSpec(vit.patch_embed.img_size[0], channels, vit.patch_embed.patch_size[0])
     depth = len(vit.blocks)
     if any(not 1 <= tap <= depth for tap in enc.taps):

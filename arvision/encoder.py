@@ -1,6 +1,5 @@
 """The student encoder: a timm VisionTransformer run over the visible segments of a plan."""
 
-import timm
 import torch
 from timm.layers import build_sincos2d_pos_embed
 from timm.models.vision_transformer import VisionTransformer
@@ -9,8 +8,9 @@ from torch import Tensor, nn
 from .components import EncoderOutput
 from .plan import Plan
 from .recipe import EncoderConfig
+from .vit import channel_stat, create_vit
 
-__all__ = ["Encoder", "create_vit", "default_taps"]
+__all__ = ["Encoder", "create_encoder_vit", "default_taps"]
 
 
 def default_taps(depth: int) -> tuple[int, ...]:
@@ -18,29 +18,13 @@ def default_taps(depth: int) -> tuple[int, ...]:
     return tuple(sorted({max(1, round(depth * k / 12)) for k in (6, 8, 10, 12)}))
 
 
-def create_vit(config: EncoderConfig, img_size: int | None, patch_size: int | None, in_chans: int
-               ) -> VisionTransformer:
+def create_encoder_vit(config: EncoderConfig, img_size: int | None, patch_size: int | None,
+                       in_chans: int) -> VisionTransformer:
     """The timm model named by the recipe, headless, with the recipe's overrides."""
-    overrides = {key: value for key, value in {
-        "img_size": img_size, "patch_size": patch_size, "embed_dim": config.embed_dim, "depth": config.depth,
-        "num_heads": config.num_heads,
-    }.items() if value is not None}
-    try:
-        vit = timm.create_model(
-            config.name, pretrained=False, num_classes=0, global_pool="", in_chans=in_chans,
-            class_token=config.class_token, drop_path_rate=config.drop_path, **overrides,
-        )
-    except RuntimeError as exc:  # timm's "Unknown model"
-        raise ValueError(str(exc).splitlines()[0]) from None
-    if not isinstance(vit, VisionTransformer) or vit.reg_token is not None:
-        raise ValueError(f"{config.name!r} is not a plain timm VisionTransformer (no register "
-                         "tokens); pick a vit_* model")
-    return vit
-
-
-def _channel_stat(values: tuple[float, ...], channels: int) -> Tensor:
-    """One value or one per channel -> (1, C, 1, 1)."""
-    return torch.tensor(values).expand(channels).reshape(1, channels, 1, 1).clone()
+    return create_vit(config.name, "encoder.name", num_classes=0, global_pool="", img_size=img_size,
+                      patch_size=patch_size, embed_dim=config.embed_dim, depth=config.depth,
+                      num_heads=config.num_heads, in_chans=in_chans, class_token=config.class_token,
+                      drop_path_rate=config.drop_path)
 
 
 class Encoder(nn.Module):
@@ -53,7 +37,7 @@ class Encoder(nn.Module):
     def __init__(self, config: EncoderConfig, img_size: int, patch_size: int | None,
                  in_chans: int, vocab_size: int | None = None) -> None:
         super().__init__()
-        self.vit = create_vit(config, img_size, patch_size, in_chans)
+        self.vit = create_encoder_vit(config, img_size, patch_size, in_chans)
         self.grid: tuple[int, int] = tuple(self.vit.patch_embed.grid_size)
         self.taps = config.taps or default_taps(len(self.vit.blocks))
         self.num_prefix = 1 if self.vit.cls_token is not None else 0
@@ -64,8 +48,8 @@ class Encoder(nn.Module):
             self.vit.patch_embed.proj = nn.Identity()  # pixels are never embedded
         if config.pos_embed == "sincos":
             self._fix_sincos_positions()
-        self.register_buffer("mean", _channel_stat(config.mean, in_chans), persistent=False)
-        self.register_buffer("std", _channel_stat(config.std, in_chans), persistent=False)
+        self.register_buffer("mean", channel_stat(config.mean, in_chans), persistent=False)
+        self.register_buffer("std", channel_stat(config.std, in_chans), persistent=False)
 
     def _fix_sincos_positions(self) -> None:
         """Fixed 2-D sin-cos positions (zero for CLS), excluded from training."""

@@ -18,13 +18,11 @@ fine-tuned by arvision (a plain timm checkpoint), or any timm ViT exported with 
   the model has one, is the CLS target.
 """
 
-import difflib
 import re
 from pathlib import Path
 from typing import Any, Literal
 
 import attrs
-import timm
 import torch
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
@@ -36,6 +34,8 @@ from arvision import hookimpl
 from arvision.components import ImageSpec, Tokenizer, Tokens, TokenSpec
 from arvision.config import check, setting
 from arvision.errors import CheckpointError
+from arvision.vit import channel_stat as per_channel
+from arvision.vit import create_vit as timm_vit
 
 __all__ = ["ARVISION_ENCODER", "TimmTeacher", "TimmTeacherConfig", "load_error", "prepare_images"]
 
@@ -75,21 +75,9 @@ class TimmTeacherConfig:
 
 def create_vit(config: TimmTeacherConfig, **kwargs: Any) -> VisionTransformer:
     """The configured timm ViT (random weights) on the current default device."""
-    overrides = {key: getattr(config, key) for key in (
+    shape = {key: getattr(config, key) for key in (
         "img_size", "patch_size", "embed_dim", "depth", "num_heads", "in_chans", "class_token")}
-    overrides = {key: value for key, value in overrides.items() if value is not None}
-    try:
-        vit = timm.create_model(config.model, pretrained=False, **{**overrides, **kwargs})
-    except RuntimeError as exc:
-        if "Unknown model" not in str(exc):
-            raise
-        close = difflib.get_close_matches(config.model, timm.list_models(), n=4, cutoff=0.7)
-        hint = f" (close: {', '.join(close)})" if close else ""
-        raise ValueError(f"tokenizer.model: unknown timm model {config.model!r}{hint}") from None
-    if not isinstance(vit, VisionTransformer):
-        raise ValueError(f"tokenizer.model: {config.model!r} is a timm {type(vit).__name__}; "
-                         "the timm teacher takes a VisionTransformer (vit_*)")
-    return vit
+    return timm_vit(config.model, "tokenizer.model", registers=True, **shape, **kwargs)
 
 
 def prepare_images(images: Tensor, size: int, channels: int, mean: Tensor, std: Tensor) -> Tensor:
@@ -105,7 +93,7 @@ def prepare_images(images: Tensor, size: int, channels: int, mean: Tensor, std: 
 def channel_stat(values: tuple[float, ...], channels: int, what: str) -> Tensor:
     if len(values) not in (1, channels):
         raise ValueError(f"tokenizer.{what} has {len(values)} values for {channels} channels")
-    return torch.tensor(values, dtype=torch.float32).expand(channels).reshape(1, -1, 1, 1).clone()
+    return per_channel(values, channels)  # (1, C, 1, 1)
 
 
 def check_channels(image: ImageSpec, channels: int) -> None:

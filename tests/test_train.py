@@ -84,7 +84,7 @@ def _require_fashion_mnist():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["igpt_pixel_fmnist", "aim_pixels_fmnist"])
+@pytest.mark.parametrize("name", ["igpt_pixel_fmnist", "aim_pixels_fmnist", "digpt_fmnist"])
 def test_real_fashion_mnist_run_loss_falls(name, tmp_path, monkeypatch):
     _require_fashion_mnist()
     monkeypatch.chdir(REPO)  # recipes name their palette relative to the repository
