@@ -4,6 +4,7 @@ import torch
 from timm.layers import build_sincos2d_pos_embed
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from .components import EncoderOutput
 from .plan import Plan
@@ -42,6 +43,7 @@ class Encoder(nn.Module):
         self.taps = config.taps or default_taps(len(self.vit.blocks))
         self.num_prefix = 1 if self.vit.cls_token is not None else 0
         self.token_embed = None
+        self.grad_checkpointing = False  # recompute blocks in backward (train.activation_checkpointing)
         if config.stem == "tokens":  # iGPT: embed ids, one token per id
             self.token_embed = nn.Embedding(vocab_size, self.dim)
             nn.init.normal_(self.token_embed.weight, std=0.02)
@@ -96,7 +98,10 @@ class Encoder(nn.Module):
         mask = plan.mask(plan.layout.tokens_per_segment(self.grid), cls is not None)
         taps = []
         for index, block in enumerate(self.vit.blocks, start=1):
-            x = block(x, attn_mask=mask)
+            if self.grad_checkpointing and self.training:
+                x = checkpoint(block, x, attn_mask=mask, use_reentrant=False)
+            else:
+                x = block(x, attn_mask=mask)
             if index in self.taps:
                 taps.append(x)
         return EncoderOutput(self.vit.norm(x), tuple(taps), self.num_prefix)

@@ -91,7 +91,11 @@ class DataConfig:
 class TrainConfig:
     """The optimisation."""
 
-    batch_size: int = setting(64, "global batch size", validator=positive)
+    batch_size: int = setting(64, "global batch size: images per optimiser step, all ranks together",
+                              validator=positive)
+    micro_batch: int | None = setting(
+        None, "images per forward pass on each rank (default: batch_size / ranks); the rest is "
+        "gradient accumulation", validator=positive)
     steps: int | None = setting(None, "total optimiser steps; overrides epochs when set",
                                 validator=positive)
     epochs: float = setting(1.0, "passes over the data (when steps is unset)", validator=positive)
@@ -106,10 +110,26 @@ class TrainConfig:
     betas: tuple[float, float] = setting((0.9, 0.95), "AdamW betas")
     clip_grad: float | None = setting(None, "clip the gradient norm to this value",
                                       validator=positive)
-    precision: Literal["bf16", "fp32"] = setting("bf16", "autocast precision (CPU and CUDA)")
-    device: str = setting("auto", "'auto', 'cpu', 'cuda' or 'cuda:N'")
+    precision: Literal["bf16", "fp16", "fp32"] = setting(
+        "bf16", "autocast precision: bf16 (CPU and CUDA), fp16 with a gradient scaler (CUDA), fp32")
+    device: str = setting("auto", "'auto', 'cpu', 'cuda' or 'cuda:N' (under torchrun: the local "
+                          "rank's GPU)")
+    strategy: Literal["ddp", "fsdp"] = setting(
+        "ddp", "with several processes (torchrun): 'ddp' replicates the model, 'fsdp' shards it "
+        "per block (FSDP2 fully_shard), for ViT-L/H encoders")
+    checkpoint_every: int | None = setting(None, "write a checkpoint every N steps (and at the end)",
+                                           validator=positive)
+    keep_checkpoints: int = setting(2, "how many step checkpoints to keep", validator=positive)
+    skip_nonfinite: int = setting(0, "skip up to N steps whose loss or gradient is not finite "
+                                  "before stopping the run", validator=non_negative)
+    ema: float | None = setting(None, "decay of an EMA of the encoder (e.g. 0.9999); unset: none",
+                                validator=check(lambda v: 0 < v < 1, "a number in (0, 1)"))
+    activation_checkpointing: bool = setting(False, "recompute encoder blocks in backward to save "
+                                             "memory")
+    compile: bool = setting(False, "torch.compile the model")
+    deterministic: bool = setting(False, "deterministic algorithms (bitwise repeatable runs)")
     log_every: int = setting(10, "log metrics every N steps", validator=positive)
-    seed: int = setting(0, "seed for weights, data order and segment orders")
+    seed: int = setting(0, "seed for weights, data order, augmentation and segment orders")
 
 
 @attrs.frozen

@@ -1,24 +1,40 @@
-"""The training loop: one readable pass from recipe to checkpoint.
+"""The training loop: one readable pass from recipe to checkpoints, resumable bit for bit.
 
-    batch -> autocast forward (tokenizer, plan, encoder, decoders, target) -> backward
-          -> clip -> AdamW step -> per-step warmup + cosine -> metrics
+    for each optimiser step:
+        for each micro-batch:  autocast forward (tokenizer, plan, encoder, decoders, target),
+                               backward of loss / accumulation steps
+        guard (finite loss and gradient) -> clip -> AdamW -> warmup + cosine -> EMA -> metrics
+        every checkpoint_every steps: model, optimiser, scheduler, scaler, EMA, RNGs, data position
 """
 
+import contextlib
 import math
+import os
 import random
 import time
 from pathlib import Path
+from typing import Any
 
 import attrs
 import numpy as np
 import torch
 from timm.optim import param_groups_weight_decay
 from timm.scheduler import CosineLRScheduler
+from timm.utils import ModelEmaV3
 
 from .build import Blueprint, build_model, resolve
-from .checkpoint import save_checkpoint
-from .data.loader import build_dataset, build_loader
-from .errors import ArvisionError
+from .checkpoint import (
+    load_checkpoint,
+    prune,
+    restore_rng_state,
+    rng_state,
+    save_checkpoint,
+    saved_steps,
+    step_path,
+)
+from .data.loader import build_batches, build_dataset
+from .distributed import Ranks, load_train_state, setup, train_state, wrap
+from .errors import ArvisionError, CheckpointError, RecipeError
 from .metrics import MetricLog
 from .plugins import Plugins
 from .recipe import Recipe, TrainConfig, recipe_to_dict, save_recipe
@@ -34,14 +50,8 @@ class DivergedError(ArvisionError):
 class TrainResult:
     out_dir: Path
     steps: int
-    losses: tuple[float, ...]  # the loss at every step
+    losses: tuple[float, ...]  # the loss of every step this process ran
     checkpoint: Path
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def seed_everything(seed: int) -> None:
@@ -50,8 +60,13 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def total_steps(config: TrainConfig, batches_per_epoch: int) -> int:
-    return config.steps or max(1, math.ceil(config.epochs * batches_per_epoch))
+def micro_batching(config: TrainConfig, world: int, source: str) -> tuple[int, int]:
+    """(images per forward on each rank, forwards per optimiser step)."""
+    micro = config.micro_batch or config.batch_size // world
+    if micro * world == 0 or config.batch_size % (micro * world):
+        raise RecipeError(f"{source}: train.batch_size: {config.batch_size} is not a multiple of "
+                          f"micro_batch {micro} x {world} ranks")
+    return micro, config.batch_size // (micro * world)
 
 
 def make_optimizer(model: torch.nn.Module, config: TrainConfig, device: torch.device):
@@ -61,12 +76,12 @@ def make_optimizer(model: torch.nn.Module, config: TrainConfig, device: torch.de
     return torch.optim.AdamW(groups, lr=lr, betas=config.betas, fused=device.type == "cuda")
 
 
-def make_scheduler(optimizer, config: TrainConfig, steps: int, batches_per_epoch: int
+def make_scheduler(optimizer, config: TrainConfig, steps: int, steps_per_epoch: int
                    ) -> CosineLRScheduler:
     """Per-step linear warmup, then cosine to ``min_lr``."""
     warmup = config.warmup_steps
     if config.warmup_epochs is not None:
-        warmup = round(config.warmup_epochs * batches_per_epoch)
+        warmup = round(config.warmup_epochs * steps_per_epoch)
     warmup = min(warmup, steps - 1)
     return CosineLRScheduler(
         optimizer, t_initial=max(1, steps - warmup), lr_min=config.min_lr, warmup_t=warmup,
@@ -74,77 +89,240 @@ def make_scheduler(optimizer, config: TrainConfig, steps: int, batches_per_epoch
     )
 
 
-def batches(loader):
-    """Endless iteration over a loader, epoch after epoch."""
-    while True:
-        yield from loader
+def _configure_backends(config: TrainConfig, device: torch.device) -> None:
+    if config.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    if config.precision == "fp16" and device.type != "cuda":
+        raise RecipeError("train.precision: 'fp16' needs CUDA; use 'bf16' on CPU")
+
+
+@attrs.define
+class Trainer:
+    """The state of a run and the step that advances it."""
+
+    blueprint: Blueprint
+    out_dir: Path
+    ranks: Ranks
+    device: torch.device
+    model: torch.nn.Module  # the ARModel (parameters shared with ``step_module``)
+    step_module: torch.nn.Module  # what the step calls: model, DDP, FSDP or compiled
+    optimizer: torch.optim.Optimizer
+    scheduler: CosineLRScheduler
+    scaler: torch.amp.GradScaler
+    ema: ModelEmaV3 | None
+    batches: Any
+    plan_generator: torch.Generator
+    micro_batch: int
+    accumulation: int
+    total_steps: int
+    step: int = 0
+    skipped: int = 0
+
+    @property
+    def config(self) -> TrainConfig:
+        return self.blueprint.recipe.train
+
+    # -- one optimiser step ------------------------------------------------------------------
+
+    def train_step(self) -> dict[str, float]:
+        config, started = self.config, time.perf_counter()
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.precision)
+        loss_sum, parts_sum, waited = 0.0, {}, 0.0
+        self.optimizer.zero_grad(set_to_none=True)
+        for index in range(self.accumulation):
+            tick = time.perf_counter()
+            images, _labels = next(self.batches)
+            images = images.to(self.device, non_blocking=True)
+            waited += time.perf_counter() - tick
+            last = index == self.accumulation - 1
+            sync = contextlib.nullcontext() if last or not hasattr(self.step_module, "no_sync") \
+                else self.step_module.no_sync()
+            with sync, torch.autocast(self.device.type, dtype=dtype or torch.float32,
+                                      enabled=dtype is not None):
+                output = self.step_module(images, generator=self.plan_generator)
+                self.scaler.scale(output.loss / self.accumulation).backward()
+            loss_sum += output.loss.item() / self.accumulation
+            for key, value in output.parts.items():
+                parts_sum[key] = parts_sum.get(key, 0.0) + value.item() / self.accumulation
+        self.scaler.unscale_(self.optimizer)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, config.clip_grad or math.inf).item()
+        metrics = self.ranks.mean({"loss": loss_sum, "grad_norm": grad_norm,
+                                   **{f"loss/{k}": v for k, v in parts_sum.items()}}, self.device)
+        if not (math.isfinite(metrics["loss"]) and math.isfinite(metrics["grad_norm"])):
+            self._non_finite(metrics, parts_sum)
+        else:
+            self.scaler.step(self.optimizer)
+            if self.ema is not None:
+                self.ema.update(self.model.encoder, step=self.step + 1)
+        self.scaler.update()
+        self.step += 1
+        self.scheduler.step_update(self.step)
+        seconds = time.perf_counter() - started
+        return {**metrics, "lr": self.optimizer.param_groups[0]["lr"], "step_time": seconds,
+                "data_time": waited,
+                "images_per_s": self.config.batch_size / seconds}
+
+    def _non_finite(self, metrics: dict[str, float], parts: dict[str, float]) -> None:
+        self.skipped += 1
+        shown = ", ".join(f"{key} {value:.4g}" for key, value in parts.items())
+        message = (f"step {self.step + 1}: non-finite loss {metrics['loss']} ({shown}) or gradient "
+                   f"norm {metrics['grad_norm']}")
+        if self.skipped > self.config.skip_nonfinite:
+            raise DivergedError(f"{message}; stopped before updating, the last checkpoint is intact"
+                                f" (train.skip_nonfinite = {self.config.skip_nonfinite})")
+        print(f"arvision: warning: {message}; step skipped ({self.skipped} of at most "
+              f"{self.config.skip_nonfinite})")
+
+    # -- checkpoints -------------------------------------------------------------------------
+
+    def state(self) -> dict[str, Any]:
+        model_state, optim_state = train_state(self.step_module, self.optimizer)
+        return {
+            "model": model_state, "optimizer": optim_state,
+            "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
+            "ema": self.ema.module.state_dict() if self.ema is not None else None,
+            "step": self.step, "skipped": self.skipped,
+            "rng": rng_state({"plan": self.plan_generator}),
+            "data": self.batches.state_dict(),
+            "recipe": recipe_to_dict(self.blueprint.recipe, self.blueprint.plugins),
+            "world": self.ranks.world,
+        }
+
+    def save(self, path: Path) -> None:
+        # Every rank's data position and RNGs differ: each rank keeps its own part beside rank 0's.
+        state = self.state()
+        if self.ranks.world > 1:
+            path = path.with_name(f"{path.stem}.rank{self.ranks.rank}{path.suffix}") \
+                if not self.ranks.main else path
+        if self.ranks.main or self.ranks.world > 1:
+            save_checkpoint(path, state if self.ranks.main else
+                            {key: state[key] for key in ("rng", "data", "step")})
+        self.ranks.barrier()
+
+    def load(self, path: Path) -> None:
+        state = load_checkpoint(path)
+        if state.get("world", 1) != self.ranks.world:
+            raise CheckpointError(f"{path}: written by {state.get('world', 1)} processes; resume "
+                                  f"with the same number (this run has {self.ranks.world})")
+        own = state
+        if not self.ranks.main:
+            own = load_checkpoint(path.with_name(f"{path.stem}.rank{self.ranks.rank}{path.suffix}"))
+        load_train_state(self.step_module, self.optimizer, state["model"], state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        if self.ema is not None and state.get("ema") is not None:
+            self.ema.module.load_state_dict(state["ema"])
+        self.step, self.skipped = state["step"], state["skipped"]
+        restore_rng_state(own["rng"], {"plan": self.plan_generator})
+        self.batches.load_state_dict(own["data"])
+
+
+def build_trainer(recipe: Recipe, out_dir: Path, source: str, plugins: Plugins | None) -> Trainer:
+    config = recipe.train
+    ranks, device = setup(config.device)
+    _configure_backends(config, device)
+    seed_everything(config.seed)
+    blueprint = resolve(recipe, source, plugins)
+    micro, accumulation = micro_batching(config, ranks.world, source)
+    dataset = build_dataset(recipe.data)
+    batches = build_batches(dataset, recipe.data, micro, blueprint.image.size, config.seed,
+                            ranks.rank, ranks.world)
+    steps_per_epoch = len(batches.loader) // accumulation
+    if steps_per_epoch == 0:
+        raise RecipeError(f"{source}: train.batch_size: {config.batch_size} is larger than the data "
+                          f"set ({len(dataset)} images)")
+    total = config.steps or max(1, math.ceil(config.epochs * steps_per_epoch))
+    model = build_model(blueprint).to(device)
+    model.encoder.grad_checkpointing = config.activation_checkpointing
+    ema = ModelEmaV3(model.encoder, decay=config.ema) if config.ema else None
+    step_module = wrap(model, config.strategy, ranks, device)
+    optimizer = make_optimizer(model, config, device)
+    if config.compile:
+        step_module = torch.compile(step_module)
+    return Trainer(
+        blueprint=blueprint, out_dir=out_dir, ranks=ranks, device=device, model=model,
+        step_module=step_module, optimizer=optimizer,
+        scheduler=make_scheduler(optimizer, config, total, steps_per_epoch),
+        scaler=torch.amp.GradScaler(device.type, enabled=config.precision == "fp16"), ema=ema,
+        batches=batches,
+        plan_generator=torch.Generator(device).manual_seed(config.seed + 7919 * ranks.rank),
+        micro_batch=micro, accumulation=accumulation, total_steps=total,
+    )
+
+
+#: Recipe keys a resumed run may change: how long it runs and how it reports, not what it trains.
+RESUMABLE_CHANGES = ("train.steps", "train.epochs", "train.checkpoint_every", "train.log_every",
+                     "train.keep_checkpoints", "data.num_workers", "run.out_dir")
+
+
+def _flat(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _check_same_run(trainer: Trainer, path: Path) -> None:
+    saved = _flat(load_checkpoint(path)["recipe"])
+    current = _flat(recipe_to_dict(trainer.blueprint.recipe, trainer.blueprint.plugins))
+    for key in sorted(set(saved) | set(current)):
+        if key not in RESUMABLE_CHANGES and saved.get(key) != current.get(key):
+            raise RecipeError(
+                f"{trainer.blueprint.source}: {key}: {current.get(key)!r} differs from the run being "
+                f"resumed in {trainer.out_dir} ({saved.get(key)!r}); pass another --out")
+
+
+def _link_final(step_file: Path, final: Path) -> None:
+    """``final`` becomes another name of the last step checkpoint, atomically."""
+    partial = final.with_name(f".{final.name}.partial")
+    partial.unlink(missing_ok=True)
+    os.link(step_file, partial)
+    os.replace(partial, final)
 
 
 def train(recipe: Recipe, out_dir: Path, source: str = "recipe",
           plugins: Plugins | None = None) -> TrainResult:
-    """Pretrain as the recipe says; write the resolved recipe, metrics and the final checkpoint."""
-    config = recipe.train
-    seed_everything(config.seed)
-    blueprint = resolve(recipe, source, plugins)
-    device = pick_device(config.device)
-    loader = build_loader(build_dataset(recipe.data), recipe.data, config.batch_size,
-                          blueprint.image.size, config.seed)
-    if len(loader) == 0:
-        raise ArvisionError(f"{source}: train.batch_size: {config.batch_size} is larger than the "
-                            f"data set ({len(loader.dataset)} images)")
-    steps = total_steps(config, len(loader))
-    model = build_model(blueprint).to(device)
-    optimizer = make_optimizer(model, config, device)
-    scheduler = make_scheduler(optimizer, config, steps, len(loader))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    save_recipe(recipe, out_dir / "recipe.toml", blueprint.plugins)
-    log = MetricLog(out_dir, steps)
+    """Pretrain as the recipe says, resuming from the newest checkpoint in ``out_dir`` if any."""
+    trainer = build_trainer(recipe, out_dir, source, plugins)
+    config, ranks, directory = trainer.config, trainer.ranks, out_dir / "checkpoints"
+    saved = saved_steps(directory)
+    if saved:
+        _check_same_run(trainer, saved[-1])
+        trainer.load(saved[-1])
+        if ranks.main:
+            print(f"arvision: resuming {out_dir} from step {trainer.step}")
+    elif ranks.main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        save_recipe(recipe, out_dir / "recipe.toml", trainer.blueprint.plugins)
+    log = MetricLog(out_dir, trainer.total_steps) if ranks.main else None
+    losses = []
     try:
-        losses = _loop(model, optimizer, scheduler, loader, blueprint, device, steps, log)
+        while trainer.step < trainer.total_steps:
+            metrics = trainer.train_step()
+            losses.append(metrics["loss"])
+            step = trainer.step
+            if log is not None and (step % config.log_every == 0 or step == trainer.total_steps):
+                log.log(step, metrics)
+            if config.checkpoint_every and step % config.checkpoint_every == 0 \
+                    and step < trainer.total_steps:
+                trainer.save(step_path(directory, step))
+                if ranks.main:
+                    prune(directory, config.keep_checkpoints)
     finally:
-        log.close()
-    checkpoint = out_dir / "checkpoint.pt"
-    save_checkpoint(checkpoint, {
-        "model": model.state_dict(), "step": steps,
-        "recipe": recipe_to_dict(recipe, blueprint.plugins),
-    })
-    return TrainResult(out_dir, steps, tuple(losses), checkpoint)
-
-
-def _loop(model, optimizer, scheduler, loader, blueprint: Blueprint, device, steps: int,
-          log: MetricLog) -> list[float]:
-    config = blueprint.recipe.train
-    generator = torch.Generator(device).manual_seed(config.seed)  # segment orders
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16,
-                              enabled=config.precision == "bf16")
-    params = [p for p in model.parameters() if p.requires_grad]
-    clip = config.clip_grad or math.inf
-    losses, data = [], batches(loader)
-    model.train()
-    tick = time.perf_counter()
-    for step in range(1, steps + 1):
-        images, _labels = next(data)
-        images = images.to(device, non_blocking=True)
-        with autocast:
-            output = model(images, generator=generator)
-        optimizer.zero_grad(set_to_none=True)
-        output.loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, clip)
-        parts = {key: value.item() for key, value in output.parts.items()}
-        loss = output.loss.item()
-        if not (math.isfinite(loss) and math.isfinite(grad_norm.item())):
-            raise DivergedError(f"step {step}: non-finite loss {loss} (parts {parts}) or "
-                                f"gradient norm {grad_norm.item()}; stopped before updating")
-        optimizer.step()
-        scheduler.step_update(step)
-        losses.append(loss)
-        if step % config.log_every == 0 or step == steps:
-            now = time.perf_counter()
-            seen = config.log_every if step % config.log_every == 0 else step % config.log_every
-            log.log(step, {
-                "loss": loss, **{f"loss/{key}": value for key, value in parts.items()},
-                "lr": optimizer.param_groups[0]["lr"], "grad_norm": grad_norm.item(),
-                "images_per_s": seen * images.shape[0] / (now - tick),
-            })
-            tick = now
-    return losses
+        if log is not None:
+            log.close()
+    final = step_path(directory, trainer.step)
+    if not final.exists():
+        trainer.save(final)
+    if ranks.main:
+        _link_final(final, out_dir / "checkpoint.pt")
+        prune(directory, config.keep_checkpoints)
+    ranks.barrier()
+    return TrainResult(out_dir, trainer.step, tuple(losses), out_dir / "checkpoint.pt")

@@ -73,7 +73,7 @@ BAD_RECIPES = [
     ("float-for-int-in-component", tiny_data(encoder={"depth": 2.5}), "encoder.depth", ["expected int"]),
     ("wrong-item-type", tiny_data(train={"betas": [0.9, "a"]}), "train.betas[1]", ["expected float"]),
     ("wrong-tuple-length", tiny_data(train={"betas": [0.9]}), "train.betas", ["[0.9]"]),
-    ("literal-choice", tiny_data(train={"precision": "fp16"}), "train.precision", ["'bf16'", "'fp16'"]),
+    ("literal-choice", tiny_data(train={"precision": "fp8"}), "train.precision", ["'bf16'", "'fp8'"]),
     ("literal-in-decoder", tiny_data(decoders=[{"name": "linear", "predicts": "prev"}]),
      "decoders[0].predicts", ["'next'", "'visible'", "'prev'"]),
     ("out-of-range", tiny_data(train={"base_lr": -1.0}), "train.base_lr", ["> 0", "-1.0"]),

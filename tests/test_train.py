@@ -55,7 +55,7 @@ def test_non_finite_loss_stops_the_run_naming_the_step(tmp_path, monkeypatch):
         return (prediction.float() - target).pow(2).mean(-1) * float("nan")
 
     monkeypatch.setattr(MSETarget, "loss", poisoned)
-    with pytest.raises(DivergedError, match=r"step 1: non-finite loss nan \(parts \{'linear_next'"):
+    with pytest.raises(DivergedError, match=r"step 1: non-finite loss nan \(linear_next nan\)"):
         train(tiny_recipe(), tmp_path / "run")
     assert not (tmp_path / "run" / "checkpoint.pt").exists()
 

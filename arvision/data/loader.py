@@ -12,9 +12,10 @@ from torchvision.transforms import v2
 from ..errors import DataError
 from ..recipe import DataConfig
 from .fashion_mnist import FashionMNIST
+from .sampler import Augmented, Batches, EpochSampler
 from .synthetic import SyntheticImages
 
-__all__ = ["Transformed", "build_dataset", "build_loader"]
+__all__ = ["Transformed", "build_batches", "build_dataset", "build_loader"]
 
 # torchdata 0.11 calls a deprecated torch API on every loader; the warning is not actionable here.
 warnings.filterwarnings("ignore", message="'set_vital' is deprecated", category=UserWarning)
@@ -81,12 +82,24 @@ def train_transform(config: DataConfig, size: int):
     return v2.Compose([*steps, v2.ToDtype(torch.float32), v2.Lambda(lambda x: x.clamp(0, 1))])
 
 
-def build_loader(dataset: Dataset, config: DataConfig, batch_size: int, size: int, seed: int,
-                 drop_last: bool = True) -> StatefulDataLoader:
-    """Shuffled (seeded) batches of images resized to ``size``; its state can be checkpointed."""
-    generator = torch.Generator().manual_seed(seed)
-    return StatefulDataLoader(
-        Transformed(dataset, train_transform(config, size)), batch_size=batch_size, shuffle=True,
-        drop_last=drop_last, num_workers=config.num_workers, generator=generator,
+def build_batches(dataset: Dataset, config: DataConfig, batch_size: int, size: int, seed: int,
+                  rank: int = 0, world: int = 1) -> Batches:
+    """Endless seeded batches of images resized or cropped to ``size``, sharded over ranks.
+
+    The state (``Batches.state_dict``) holds the epoch and torchdata's loader state, so a resumed
+    run continues mid-epoch, with workers too.
+    """
+    sampler = EpochSampler(len(dataset), seed, rank, world)
+    loader = StatefulDataLoader(
+        Augmented(dataset, train_transform(config, size), seed), batch_size=batch_size,
+        sampler=sampler, drop_last=True, num_workers=config.num_workers,
+        generator=torch.Generator().manual_seed(seed),  # never draws from the global RNG
         persistent_workers=config.num_workers > 0, pin_memory=torch.cuda.is_available(),
     )
+    return Batches(loader, sampler)
+
+
+def build_loader(dataset: Dataset, config: DataConfig, batch_size: int, size: int, seed: int
+                 ) -> StatefulDataLoader:
+    """One rank's loader of :func:`build_batches` (iterate it for one epoch)."""
+    return build_batches(dataset, config, batch_size, size, seed).loader

@@ -1,0 +1,132 @@
+"""Exact resume: a run killed at an arbitrary step and resumed ends bitwise equal to one that was not."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import tomli_w
+import torch
+
+from arvision.checkpoint import load_checkpoint, save_checkpoint
+from arvision.errors import CheckpointError, RecipeError
+from arvision.recipe import structure_recipe
+from arvision.train import train
+from conftest import tiny_data
+
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+
+
+def resume_recipe(workers: int, steps: int) -> dict:
+    """Every source of randomness on: augmentation, drop path, random segment orders, EMA."""
+    return tiny_data(
+        data={"flip": True, "crop_scale": [0.5, 1.0], "num_workers": workers},
+        encoder={"drop_path": 0.1},
+        ordering={"name": "random_segments"},
+        decoders=[{"name": "transformer", "predicts": "next", "dim": 16, "depth": 1,
+                   "num_heads": 2}],
+        target={"name": "cosine"},
+        train={"steps": steps, "checkpoint_every": 5, "keep_checkpoints": 2, "ema": 0.9,
+               "deterministic": True, "log_every": 50, "base_lr": 0.05},
+    )
+
+
+def run(recipe_path, out, wait=True):
+    command = [sys.executable, "-m", "arvision", "run", str(recipe_path), "--out", str(out)]
+    if wait:
+        return subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=600)
+    return subprocess.Popen(command, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
+
+
+def kill_after(process, checkpoint, timeout=300):
+    """SIGKILL the run once ``checkpoint`` exists, wherever it is then."""
+    deadline = time.monotonic() + timeout
+    while not checkpoint.exists():
+        assert process.poll() is None, process.stderr.read()
+        assert time.monotonic() < deadline, "no checkpoint appeared"
+        time.sleep(0.005)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    return process.returncode
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_killed_run_resumes_bitwise(tmp_path, workers):
+    steps = 120
+    recipe_path = tmp_path / "recipe.toml"
+    recipe_path.write_text(tomli_w.dumps(resume_recipe(workers, steps)))
+    straight = run(recipe_path, tmp_path / "straight")
+    assert straight.returncode == 0, straight.stderr
+
+    process = run(recipe_path, tmp_path / "killed", wait=False)
+    code = kill_after(process, tmp_path / "killed" / "checkpoints" / "step_00000010.pt")
+    assert code == -signal.SIGKILL, "the run ended before it could be killed"
+    assert not (tmp_path / "killed" / "checkpoint.pt").exists()
+    resumed = run(recipe_path, tmp_path / "killed")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming" in resumed.stdout
+
+    expected = load_checkpoint(tmp_path / "straight" / "checkpoint.pt")
+    actual = load_checkpoint(tmp_path / "killed" / "checkpoint.pt")
+    assert actual["step"] == expected["step"] == steps
+    for part in ("model", "ema"):
+        for key, value in expected[part].items():
+            assert torch.equal(actual[part][key], value), f"{part}.{key} differs"
+    assert actual["optimizer"]["state"].keys() == expected["optimizer"]["state"].keys()
+    for index, state in expected["optimizer"]["state"].items():
+        assert torch.equal(actual["optimizer"]["state"][index]["exp_avg"], state["exp_avg"])
+
+
+def test_accumulation_matches_one_large_batch(tmp_path):
+    base = tiny_data(ordering={"name": "segments", "rows": 2, "cols": 2},
+                     train={"steps": 4, "batch_size": 32, "base_lr": 0.05, "log_every": 1})
+    one = train(structure_recipe(base, "one"), tmp_path / "one")
+    base["train"]["micro_batch"] = 8
+    four = train(structure_recipe(base, "four"), tmp_path / "four")
+    assert four.losses == pytest.approx(one.losses, rel=1e-5)
+    left = load_checkpoint(one.checkpoint)["model"]
+    right = load_checkpoint(four.checkpoint)["model"]
+    for key, value in left.items():
+        torch.testing.assert_close(right[key], value, rtol=1e-4, atol=1e-5)
+
+
+def test_batch_size_must_split_into_micro_batches(tmp_path):
+    recipe = structure_recipe(tiny_data(train={"batch_size": 12, "micro_batch": 8}), "x.toml")
+    with pytest.raises(RecipeError, match="train.batch_size: 12 is not a multiple of micro_batch 8"):
+        train(recipe, tmp_path / "run", "x.toml")
+
+
+def test_resuming_with_another_recipe_is_refused(tmp_path):
+    train(structure_recipe(tiny_data(train={"steps": 2}), "x.toml"), tmp_path / "run")
+    changed = structure_recipe(tiny_data(train={"steps": 4, "base_lr": 0.5}), "x.toml")
+    with pytest.raises(RecipeError, match="train.base_lr: 0.5 differs from the run being resumed"):
+        train(changed, tmp_path / "run", "x.toml")
+    longer = train(structure_recipe(tiny_data(train={"steps": 4}), "x.toml"), tmp_path / "run")
+    assert longer.steps == 4 and len(longer.losses) == 2  # steps 3 and 4 only
+
+
+def test_interrupted_checkpoint_write_leaves_the_previous_one(tmp_path, monkeypatch):
+    path = tmp_path / "step.pt"
+    save_checkpoint(path, {"step": 1, "model": {"w": torch.ones(3)}})
+
+    def crash(obj, file, *args, **kwargs):
+        file.write(b"half a checkpoint")
+        raise KeyboardInterrupt  # the process dies mid-write
+
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(path, {"step": 2, "model": {"w": torch.zeros(3)}})
+    monkeypatch.undo()
+    assert load_checkpoint(path)["step"] == 1
+
+
+def test_truncated_latest_checkpoint_is_named(tmp_path):
+    recipe = structure_recipe(tiny_data(train={"steps": 4, "checkpoint_every": 2}), "x.toml")
+    train(recipe, tmp_path / "run")
+    latest = tmp_path / "run" / "checkpoints" / "step_00000004.pt"
+    latest.write_bytes(latest.read_bytes()[:100])
+    with pytest.raises(CheckpointError, match="step_00000004.pt: unreadable checkpoint"):
+        train(recipe, tmp_path / "run")
