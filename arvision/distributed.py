@@ -69,12 +69,13 @@ def wrap(model: nn.Module, strategy: str, ranks: Ranks, device: torch.device) ->
             model, device_ids=[device.index] if device.type == "cuda" else None)
     from torch.distributed.fsdp import fully_shard
 
+    # Each encoder block is a unit (gathered for its forward and backward, sharded otherwise);
+    # the rest (embeddings, decoders) forms the root unit, kept gathered from forward to backward
+    # because the decoders return attrs objects whose tensors FSDP cannot hook.
     for block in model.encoder.vit.blocks:
         fully_shard(block)
-    for decoder in model.decoders.values():
-        fully_shard(decoder)
     frozen = set(model.tokenizer.parameters()) if model.tokenizer is not None else set()
-    fully_shard(model, ignored_params=frozen or None)
+    fully_shard(model, reshard_after_forward=False, ignored_params=frozen or None)
     return model
 
 

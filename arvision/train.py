@@ -52,6 +52,7 @@ class TrainResult:
     steps: int
     losses: tuple[float, ...]  # the loss of every step this process ran
     checkpoint: Path
+    main: bool = True  # rank 0 (the process that reports)
 
 
 def seed_everything(seed: int) -> None:
@@ -325,4 +326,4 @@ def train(recipe: Recipe, out_dir: Path, source: str = "recipe",
         _link_final(final, out_dir / "checkpoint.pt")
         prune(directory, config.keep_checkpoints)
     ranks.barrier()
-    return TrainResult(out_dir, trainer.step, tuple(losses), out_dir / "checkpoint.pt")
+    return TrainResult(out_dir, trainer.step, tuple(losses), out_dir / "checkpoint.pt", ranks.main)

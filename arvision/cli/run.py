@@ -32,6 +32,8 @@ def run(
     if resume and not saved_steps(out_dir / "checkpoints"):
         raise CheckpointError(f"{out_dir}: no checkpoint to resume from (checkpoints/step_*.pt)")
     result = train(loaded, out_dir, source=str(recipe))
+    if not result.main:
+        return
     if not result.losses:
         typer.echo(f"{out_dir} already finished {result.steps} steps; checkpoint {result.checkpoint}")
         return
