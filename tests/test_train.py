@@ -1,6 +1,7 @@
 """The training loop: a falling loss, what a run writes, and the divergence guard."""
 
 import json
+import math
 import os
 from pathlib import Path
 
@@ -92,3 +93,31 @@ def test_real_fashion_mnist_run_loss_falls(name, tmp_path, monkeypatch):
                          ["train.steps=120", "train.warmup_steps=20", "train.log_every=40"])
     result = train(recipe, tmp_path / name, f"{name}.toml")
     assert _mean(result.losses[-10:]) < 0.85 * _mean(result.losses[:10])
+
+
+def test_skip_nonfinite_skips_bad_steps_then_stops(tmp_path, monkeypatch):
+    from arvision_plugins.targets import MSETarget
+
+    calls = {"n": 0}
+    original = MSETarget.loss
+
+    def sometimes_nan(self, prediction, target):
+        calls["n"] += 1
+        loss = original(self, prediction, target)
+        return loss * float("nan") if calls["n"] in (2, 3) else loss
+
+    monkeypatch.setattr(MSETarget, "loss", sometimes_nan)
+    result = train(tiny_recipe(train={"steps": 5, "skip_nonfinite": 2}), tmp_path / "skip")
+    assert result.steps == 5 and sum(map(math.isnan, result.losses)) == 2
+    calls["n"] = 0
+    with pytest.raises(DivergedError, match=r"step 3: non-finite loss .*train.skip_nonfinite = 1"):
+        train(tiny_recipe(train={"steps": 5, "skip_nonfinite": 1}), tmp_path / "stop")
+
+
+def test_ema_follows_the_encoder(tmp_path):
+    result = train(tiny_recipe(train={"steps": 3, "ema": 0.5, "base_lr": 0.05}), tmp_path / "ema")
+    state = load_checkpoint(result.checkpoint)
+    ema, live = state["ema"], state["model"]
+    key = "vit.blocks.0.attn.qkv.weight"
+    assert ema[key].shape == live[f"encoder.{key}"].shape
+    assert not torch.equal(ema[key], live[f"encoder.{key}"])
