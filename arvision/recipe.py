@@ -76,6 +76,7 @@ class DataConfig:
                                "/usr/share/datasets/fashion-mnist)")
     split: str = setting("train", "split used for pretraining (fashion_mnist: train or test; "
                          "imagefolder: the sub-folder)")
+    eval_split: str = setting("test", "split used for evaluation (fashion_mnist: test; imagefolder: val)")
     limit: int | None = setting(None, "use only the first N images (smoke runs)",
                                 validator=positive)
     num_workers: int = setting(0, "data loader worker processes", validator=non_negative)
@@ -84,6 +85,9 @@ class DataConfig:
         None, "RandomResizedCrop area range, e.g. [0.2, 1.0] (D-iGPT); unset: plain resize",
         validator=check(lambda v: 0 < v[0] <= v[1] <= 1, "0 < low <= high <= 1"))
     interpolation: Literal["bilinear", "bicubic"] = setting("bicubic", "resize interpolation")
+    targets: str | None = setting(None, "target cache written by 'arvision data cache-targets': "
+                                  "train on its cached views and tokens, without running the "
+                                  "tokenizer")
     synthetic: SyntheticConfig = setting(attrs.Factory(SyntheticConfig), "synthetic source options")
 
 

@@ -21,6 +21,7 @@ import torch
 from timm.optim import param_groups_weight_decay
 from timm.scheduler import CosineLRScheduler
 from timm.utils import ModelEmaV3
+from torch import Tensor
 
 from .build import Blueprint, build_model, resolve
 from .checkpoint import (
@@ -32,7 +33,9 @@ from .checkpoint import (
     saved_steps,
     step_path,
 )
+from .components import Tokens
 from .data.loader import build_batches, build_dataset
+from .data.target_cache import TargetCache
 from .distributed import Ranks, load_train_state, setup, train_state, wrap
 from .errors import ArvisionError, CheckpointError, RecipeError
 from .metrics import MetricLog
@@ -90,6 +93,16 @@ def make_scheduler(optimizer, config: TrainConfig, steps: int, steps_per_epoch: 
     )
 
 
+def cached_tokens(cached: list[Tensor], device: torch.device) -> Tokens | None:
+    """Tokens of a target-cache batch (ids back to long, features to float32), else None."""
+    if not cached:
+        return None
+    tokens, cls = cached
+    tokens = tokens.to(device, non_blocking=True)
+    tokens = tokens.float() if tokens.is_floating_point() else tokens.long()
+    return Tokens(tokens, cls.to(device).float() if cls.numel() else None)
+
+
 def _configure_backends(config: TrainConfig, device: torch.device) -> None:
     if config.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
@@ -135,15 +148,16 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         for index in range(self.accumulation):
             tick = time.perf_counter()
-            images, _labels = next(self.batches)
+            images, _labels, *cached = next(self.batches)
             images = images.to(self.device, non_blocking=True)
+            tokens = cached_tokens(cached, self.device)
             waited += time.perf_counter() - tick
             last = index == self.accumulation - 1
             sync = contextlib.nullcontext() if last or not hasattr(self.step_module, "no_sync") \
                 else self.step_module.no_sync()
             with sync, torch.autocast(self.device.type, dtype=dtype or torch.float32,
                                       enabled=dtype is not None):
-                output = self.step_module(images, generator=self.plan_generator)
+                output = self.step_module(images, tokens=tokens, generator=self.plan_generator)
                 self.scaler.scale(output.loss / self.accumulation).backward()
             loss_sum += output.loss.item() / self.accumulation
             for key, value in output.parts.items():
@@ -230,14 +244,18 @@ def build_trainer(recipe: Recipe, out_dir: Path, source: str, plugins: Plugins |
     blueprint = resolve(recipe, source, plugins)
     micro, accumulation = micro_batching(config, ranks.world, source)
     dataset = build_dataset(recipe.data)
+    cache = None
+    if recipe.data.targets:
+        cache = TargetCache(recipe.data.targets)
+        cache.check(recipe, blueprint.image.size, blueprint.plugins)
     batches = build_batches(dataset, recipe.data, micro, blueprint.image.size, config.seed,
-                            ranks.rank, ranks.world)
+                            ranks.rank, ranks.world, cache)
     steps_per_epoch = len(batches.loader) // accumulation
     if steps_per_epoch == 0:
         raise RecipeError(f"{source}: train.batch_size: {config.batch_size} is larger than the data "
                           f"set ({len(dataset)} images)")
     total = config.steps or max(1, math.ceil(config.epochs * steps_per_epoch))
-    model = build_model(blueprint).to(device)
+    model = build_model(blueprint, with_tokenizer=cache is None).to(device)
     model.encoder.grad_checkpointing = config.activation_checkpointing
     ema = ModelEmaV3(model.encoder, decay=config.ema) if config.ema else None
     step_module = wrap(model, config.strategy, ranks, device)

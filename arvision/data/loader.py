@@ -14,6 +14,8 @@ from ..recipe import DataConfig
 from .fashion_mnist import FashionMNIST
 from .sampler import Augmented, Batches, EpochSampler
 from .synthetic import SyntheticImages
+from .target_cache import CachedViews, TargetCache
+from .views import ViewAugment
 
 __all__ = ["Transformed", "build_batches", "build_dataset", "build_loader"]
 
@@ -69,29 +71,20 @@ class Transformed(Dataset):
         return self.transform(image), label
 
 
-def train_transform(config: DataConfig, size: int):
-    """Crop (or resize) to the student's size, optionally flip; images stay float in [0, 1]."""
-    mode = getattr(v2.InterpolationMode, config.interpolation.upper())
-    if config.crop_scale is not None:
-        steps = [v2.RandomResizedCrop(size, scale=config.crop_scale, interpolation=mode,
-                                      antialias=True)]
-    else:
-        steps = [v2.Resize((size, size), interpolation=mode, antialias=True)]
-    if config.flip:
-        steps.append(v2.RandomHorizontalFlip())
-    return v2.Compose([*steps, v2.ToDtype(torch.float32), v2.Lambda(lambda x: x.clamp(0, 1))])
-
-
 def build_batches(dataset: Dataset, config: DataConfig, batch_size: int, size: int, seed: int,
-                  rank: int = 0, world: int = 1) -> Batches:
+                  rank: int = 0, world: int = 1, cache: TargetCache | None = None) -> Batches:
     """Endless seeded batches of images resized or cropped to ``size``, sharded over ranks.
 
+    Batches are ``(images, labels)``, or ``(images, labels, tokens, cls)`` from a target cache.
     The state (``Batches.state_dict``) holds the epoch and torchdata's loader state, so a resumed
     run continues mid-epoch, with workers too.
     """
     sampler = EpochSampler(len(dataset), seed, rank, world)
+    augment = ViewAugment(config, size)
+    items = Augmented(dataset, augment, seed) if cache is None else \
+        CachedViews(dataset, augment, cache, seed)
     loader = StatefulDataLoader(
-        Augmented(dataset, train_transform(config, size), seed), batch_size=batch_size,
+        items, batch_size=batch_size,
         sampler=sampler, drop_last=True, num_workers=config.num_workers,
         generator=torch.Generator().manual_seed(seed),  # never draws from the global RNG
         persistent_workers=config.num_workers > 0, pin_memory=torch.cuda.is_available(),

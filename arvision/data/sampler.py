@@ -6,12 +6,14 @@ same whichever worker loads it, and a resumed run (torchdata's ``StatefulDataLoa
 the sampler within the epoch) sees exactly the batches the uninterrupted run would have.
 """
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import torch
 from torch.utils.data import Dataset, Sampler
 from torchdata.stateful_dataloader import StatefulDataLoader
+
+from .views import ViewAugment
 
 __all__ = ["Augmented", "Batches", "EpochSampler", "sample_seed"]
 
@@ -49,10 +51,10 @@ class EpochSampler(Sampler[tuple[int, int]]):
 
 
 class Augmented(Dataset):
-    """``(image, label)`` items transformed with randomness seeded by their ``(epoch, index)`` key."""
+    """``(image, label)`` items rendered as a view drawn from their ``(epoch, index)`` key."""
 
-    def __init__(self, dataset: Dataset, transform: Callable[[Any], Any], seed: int) -> None:
-        self.dataset, self.transform, self.seed = dataset, transform, seed
+    def __init__(self, dataset: Dataset, augment: ViewAugment, seed: int) -> None:
+        self.dataset, self.augment, self.seed = dataset, augment, seed
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -60,9 +62,8 @@ class Augmented(Dataset):
     def __getitem__(self, key: tuple[int, int]):
         epoch, index = key
         image, label = self.dataset[index]
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(sample_seed(self.seed, epoch, index))
-            return self.transform(image), label
+        generator = torch.Generator().manual_seed(sample_seed(self.seed, epoch, index))
+        return self.augment.render(image, self.augment.draw(image, generator)), label
 
 
 class Batches:
