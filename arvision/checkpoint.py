@@ -11,7 +11,7 @@ import torch
 
 from .errors import CheckpointError
 
-__all__ = ["load_checkpoint", "prune", "restore_rng_state", "rng_state", "save_checkpoint",
+__all__ = ["load_checkpoint", "prune", "rank_part", "restore_rng_state", "rng_state", "save_checkpoint",
            "saved_steps", "step_path"]
 
 FORMAT = "arvision-checkpoint"
@@ -70,6 +70,11 @@ def restore_rng_state(state: dict[str, Any], generators: dict[str, torch.Generat
         gen.set_state(state["generators"][name])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def rank_part(path: Path, rank: int) -> Path:
+    """Where rank ``rank`` (> 0) keeps its own part of the checkpoint ``path``."""
+    return path.with_name(f"{path.stem}.rank{rank}{path.suffix}")
 
 
 def step_path(directory: Path, step: int) -> Path:

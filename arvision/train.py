@@ -27,6 +27,7 @@ from .build import Blueprint, build_model, resolve
 from .checkpoint import (
     load_checkpoint,
     prune,
+    rank_part,
     restore_rng_state,
     rng_state,
     save_checkpoint,
@@ -208,13 +209,12 @@ class Trainer:
         }
 
     def save(self, path: Path) -> None:
-        # Every rank's data position and RNGs differ: each rank keeps its own part beside rank 0's.
-        state = self.state()
-        if self.ranks.world > 1:
-            path = path.with_name(f"{path.stem}.rank{self.ranks.rank}{path.suffix}") \
-                if not self.ranks.main else path
-        if self.ranks.main or self.ranks.world > 1:
-            save_checkpoint(path, state if self.ranks.main else
+        """Rank 0 writes the checkpoint; every other rank its own data position and RNGs beside it."""
+        state = self.state()  # a collective under DDP/FSDP: every rank takes part
+        if self.ranks.main:
+            save_checkpoint(path, state)
+        else:
+            save_checkpoint(rank_part(path, self.ranks.rank),
                             {key: state[key] for key in ("rng", "data", "step")})
         self.ranks.barrier()
 
@@ -223,9 +223,7 @@ class Trainer:
         if state.get("world", 1) != self.ranks.world:
             raise CheckpointError(f"{path}: written by {state.get('world', 1)} processes; resume "
                                   f"with the same number (this run has {self.ranks.world})")
-        own = state
-        if not self.ranks.main:
-            own = load_checkpoint(path.with_name(f"{path.stem}.rank{self.ranks.rank}{path.suffix}"))
+        own = state if self.ranks.main else load_checkpoint(rank_part(path, self.ranks.rank))
         load_train_state(self.step_module, self.optimizer, state["model"], state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
