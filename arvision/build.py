@@ -79,6 +79,10 @@ def data_image_spec(recipe: Recipe) -> tuple[int | None, int]:
         return data.synthetic.image_size, data.synthetic.channels
     if data.source == "imagefolder":
         return None, 3
+    if data.source == "lmdb":
+        from .data.lmdb_dataset import pack_image_spec  # reads the pack's manifest, if it is there
+
+        return pack_image_spec(data.root, data.split)
     return 28, 1  # Fashion-MNIST
 
 

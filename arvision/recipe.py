@@ -70,16 +70,21 @@ class SyntheticConfig:
 class DataConfig:
     """Where images come from."""
 
-    source: Literal["fashion_mnist", "imagefolder", "synthetic"] = setting(
-        "fashion_mnist", "data source ('imagefolder': ROOT/SPLIT/<class>/<image>, as ImageNet)")
+    source: Literal["fashion_mnist", "imagefolder", "lmdb", "synthetic"] = setting(
+        "fashion_mnist", "data source ('imagefolder': ROOT/SPLIT/<class>/<image>, as ImageNet; "
+        "'lmdb': a pack made by 'arvision data pack')")
     root: str | None = setting(None, "data directory (fashion_mnist default: "
-                               "/usr/share/datasets/fashion-mnist)")
+                               "/usr/share/datasets/fashion-mnist); lmdb: the pack of the split, "
+                               "'{split}' in it is replaced by the split's name")
     split: str = setting("train", "split used for pretraining (fashion_mnist: train or test; "
-                         "imagefolder: the sub-folder)")
+                         "imagefolder: the sub-folder; lmdb: must match the pack's split)")
     eval_split: str = setting("test", "split used for evaluation (fashion_mnist: test; imagefolder: val)")
     limit: int | None = setting(None, "use only the first N images (smoke runs)",
                                 validator=positive)
     num_workers: int = setting(0, "data loader worker processes", validator=non_negative)
+    on_error: Literal["skip", "raise"] = setting(
+        "skip", "an unreadable image (imagefolder, lmdb): 'skip' warns naming it and serves the next "
+        "readable item in its place; 'raise' stops the run naming it")
     flip: bool = setting(False, "random horizontal flip")
     crop_scale: tuple[float, float] | None = setting(
         None, "RandomResizedCrop area range, e.g. [0.2, 1.0] (D-iGPT); unset: plain resize",

@@ -74,3 +74,21 @@ def test_missing_or_unfinished_cache_is_named(tmp_path):
     lmdb.open(str(unfinished), map_size=1 << 20).close()  # interrupted before the manifest
     with pytest.raises(DataError, match="unfinished.lmdb has no manifest"):
         TargetCache(unfinished)
+
+
+def test_cache_targets_command_writes_a_cache_a_run_accepts(tmp_path):
+    import tomli_w
+
+    from arvision.cli import main
+    from conftest import tiny_data
+
+    recipe = tmp_path / "tiny.toml"
+    recipe.write_text(tomli_w.dumps(tiny_data(data=VIEWS)))
+    out = tmp_path / "targets.lmdb"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["data", "cache-targets", str(recipe), str(out), "--views", "2", "--batch-size", "8"])
+    assert exit_info.value.code in (0, None)
+    assert TargetCache(out).manifest["views"] == 2
+    result = train(tiny_recipe(data={**VIEWS, "targets": str(out)}, train={"steps": 1}),
+                   tmp_path / "run")
+    assert result.steps == 1

@@ -139,7 +139,7 @@ def test_template_plugin_installs_and_runs(tmp_path: Path) -> None:
     summary = json.loads(checked.result().stdout)
     assert summary["ordering"]["name"] == "spiral"
     assert summary["ordering"]["segments"] == 16  # (16 / 4)^2 tokens, one per segment
-    assert "trained 2 steps" in trained.result().stdout
+    assert "trained to step 2" in trained.result().stdout
     assert (out / "checkpoint.pt").is_file()
     assert 'name = "spiral"' in (out / "recipe.toml").read_text()
     assert " passed" in own_tests.result().stdout

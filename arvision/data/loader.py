@@ -6,12 +6,12 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 from torchdata.stateful_dataloader import StatefulDataLoader
-from torchvision.datasets import ImageFolder
-from torchvision.transforms import v2
 
 from ..errors import DataError
 from ..recipe import DataConfig
 from .fashion_mnist import FashionMNIST
+from .image_folder import image_folder_dataset
+from .lmdb_dataset import lmdb_dataset
 from .sampler import Augmented, Batches, EpochSampler
 from .synthetic import SyntheticImages
 from .target_cache import CachedViews, TargetCache
@@ -35,6 +35,8 @@ def build_dataset(config: DataConfig, split: str | None = None) -> Dataset:
         return dataset
     if config.source == "imagefolder":
         return _image_folder(config, split)
+    if config.source == "lmdb":
+        return lmdb_dataset(config, split)
     kwargs = {"root": config.root} if config.root else {}
     return FashionMNIST(split=split, limit=config.limit, **kwargs)
 
@@ -42,18 +44,7 @@ def build_dataset(config: DataConfig, split: str | None = None) -> Dataset:
 def _image_folder(config: DataConfig, split: str) -> Dataset:
     if not config.root:
         raise DataError("data.root: required for source 'imagefolder' (ROOT/SPLIT/<class>/<image>)")
-    root = Path(config.root) / split
-    if not root.is_dir():
-        raise DataError(f"data.root: {root} does not exist (expected an image folder tree: "
-                        f"{root}/<class>/<image>)")
-    try:
-        dataset = ImageFolder(str(root), transform=v2.Compose([
-            v2.ToImage(), v2.ToDtype(torch.float32, scale=True)]))
-    except (FileNotFoundError, RuntimeError) as exc:
-        raise DataError(f"data.root: {root}: {str(exc).splitlines()[0]}") from None
-    if config.limit:
-        dataset = torch.utils.data.Subset(dataset, range(min(config.limit, len(dataset))))
-    return dataset
+    return image_folder_dataset(Path(config.root) / split, config.limit, config.on_error)
 
 
 class Transformed(Dataset):
