@@ -1,5 +1,7 @@
 """The student encoder: a timm VisionTransformer run over the visible segments of a plan."""
 
+from collections.abc import Sequence
+
 import torch
 from timm.layers import build_sincos2d_pos_embed
 from timm.models.vision_transformer import VisionTransformer
@@ -105,3 +107,19 @@ class Encoder(nn.Module):
             if index in self.taps:
                 taps.append(x)
         return EncoderOutput(self.vit.norm(x), tuple(taps), self.num_prefix)
+
+    def features(self, images: Tensor, blocks: Sequence[int], ids: Tensor | None = None
+                 ) -> list[Tensor]:
+        """For probes: every token in natural (raster) order, full bidirectional attention (no
+        mask, as AIM and D-iGPT evaluate); the outputs of the 1-based ``blocks``, each
+        (B, num_prefix + N, D), CLS first."""
+        x = self.embed(images, ids)  # (B, N, D)
+        cls = self.prefix(x.shape[0])
+        if cls is not None:
+            x = torch.cat([cls, x], dim=1)  # (B, 1 + N, D)
+        x = self.vit.norm_pre(self.vit.pos_drop(x))
+        outputs = {}
+        for index, block in enumerate(self.vit.blocks[:max(blocks)], start=1):
+            x = block(x)  # no attn_mask: every token sees every token
+            outputs[index] = x
+        return [outputs[index] for index in blocks]

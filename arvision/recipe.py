@@ -20,7 +20,7 @@ from .plugins import Plugins, get_plugins
 from .registry import UnknownComponentError
 
 __all__ = [
-    "ComponentTable", "DataConfig", "DecoderTable", "EncoderConfig", "OrderingTable", "Recipe",
+    "ComponentTable", "DataConfig", "DecoderTable", "EncoderConfig", "EvalConfig", "OrderingTable", "Recipe",
     "RunConfig", "SyntheticConfig", "TargetTable", "TokenizerTable", "TrainConfig", "load_recipe",
     "recipe_to_dict", "save_recipe",
 ]
@@ -142,6 +142,24 @@ class TrainConfig:
 
 
 @attrs.frozen
+class EvalConfig:
+    """Probes that ``arvision run`` runs after pretraining (docs/evaluation.md)."""
+
+    probes: tuple[Literal["linear", "knn", "attentive"], ...] = setting(
+        ("linear", "knn"), "probes on the frozen encoder")
+    blocks: tuple[int, ...] = setting((), "1-based blocks whose features are averaged (default: "
+                                      "the middle block)")
+    limit: int | None = setting(None, "train images for the probes (default: all)",
+                                validator=positive)
+    eval_limit: int | None = setting(None, "eval images (default: all)", validator=positive)
+    random_init: bool = setting(True, "also probe the same encoder at its seeded random "
+                                "initialisation, as a baseline")
+    reference: float | None = setting(None, "a known accuracy (percent) to print beside, e.g. "
+                                      "84.2: logistic regression on raw Fashion-MNIST pixels")
+    reference_name: str = setting("reference", "what the reference accuracy is")
+
+
+@attrs.frozen
 class RunConfig:
     """Naming and output."""
 
@@ -211,6 +229,7 @@ class Recipe:
     data: DataConfig = attrs.Factory(DataConfig)
     train: TrainConfig = attrs.Factory(TrainConfig)
     run: RunConfig = attrs.Factory(RunConfig)
+    eval: EvalConfig | None = None
 
 
 @functools.cache

@@ -121,3 +121,24 @@ def test_ema_follows_the_encoder(tmp_path):
     key = "vit.blocks.0.attn.qkv.weight"
     assert ema[key].shape == live[f"encoder.{key}"].shape
     assert not torch.equal(ema[key], live[f"encoder.{key}"])
+
+
+@pytest.mark.slow
+def test_quickstart_pretrains_then_compares_with_random_init(tmp_path, monkeypatch, capsys):
+    """The README's first command at a reduced size: results.json holds both encoders' probes."""
+    from arvision.cli import main
+
+    _require_fashion_mnist()
+    monkeypatch.chdir(REPO)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["run", "recipes/quickstart.toml", "--out", str(tmp_path / "quick"),
+              "--set", "train.steps=30", "--set", "data.limit=2000", "--set", "eval.limit=1000",
+              "--set", "eval.eval_limit=500"])
+    assert exit_info.value.code in (0, None)
+    results = json.loads((tmp_path / "quick" / "results.json").read_text())
+    for encoder in ("pretrained", "random_init"):
+        for probe in ("linear", "knn"):
+            assert 10 < results[encoder][probe]["top1"] <= 100, (encoder, probe)
+    assert results["reference"] == {"name": "logistic regression on raw pixels", "top1": 84.2}
+    shown = capsys.readouterr().out
+    assert "pretrained top-1" in shown and "logistic regression on raw pixels" in shown

@@ -6,7 +6,7 @@ import typer
 
 from ..errors import ArvisionError
 from ..plugins import Plugins, get_plugins
-from . import check, convert, data, export, plugins_command, run
+from . import check, convert, data, evaluate, export, plugins_command, run
 
 __all__ = ["build_app", "main"]
 
@@ -24,6 +24,7 @@ def build_app(plugins: Plugins) -> typer.Typer:
     app.command("plugins")(plugins_command.plugins)
     app.add_typer(convert.convert_app(), name="convert")
     app.command("export")(export.export)
+    app.add_typer(evaluate.eval_app(), name="eval")
     app.add_typer(data.data_app(), name="data")
     for impl in plugins.manager.hook.register_commands.get_hookimpls():
         try:

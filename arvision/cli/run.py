@@ -36,7 +36,12 @@ def run(
         return
     if not result.losses:
         typer.echo(f"{out_dir} already finished {result.steps} steps; checkpoint {result.checkpoint}")
-        return
-    first, last = result.losses[0], sum(result.losses[-10:]) / len(result.losses[-10:])
-    typer.echo(f"trained to step {result.steps}: loss {first:.4f} -> {last:.4f} "
-               f"(mean of the last 10); checkpoint {result.checkpoint}")
+    else:
+        first, last = result.losses[0], sum(result.losses[-10:]) / len(result.losses[-10:])
+        typer.echo(f"trained to step {result.steps}: loss {first:.4f} -> {last:.4f} "
+                   f"(mean of the last 10); checkpoint {result.checkpoint}")
+    if loaded.eval is not None:
+        from ..evaluate.report import evaluate_run, print_comparison
+
+        print_comparison(evaluate_run(result.checkpoint, loaded.eval))
+        typer.echo(f"results: {result.checkpoint.parent / 'results.json'}")

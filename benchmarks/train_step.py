@@ -1,0 +1,517 @@
+"""Throughput, peak memory and achieved FLOP/s of one D-iGPT training step.
+
+    python benchmarks/train_step.py [--quick] [--device cpu|cuda] [--out benchmarks/results/train_step.json]
+
+The model is the CLIP D-iGPT recipe (ViT-Tiny student by default) built from a recipe dict: 224 px,
+patch 16 (14x14), 2x2 random segments, a ``next`` and a ``visible`` transformer decoder (1024 wide,
+2 deep, 32 heads), cosine target on OpenCLIP ViT-H/14 features (16x16x1024 + CLS). The teacher never
+runs: each step reads precomputed random teacher tokens, so only the student is measured.
+
+One step = forward (fp32, or under bf16 autocast), backward, ``torch.optim.AdamW`` step (fused on
+CUDA), ``zero_grad``. Segment orders are drawn before timing and passed to ``forward``, so nothing
+random runs inside the (compiled) model. Modes: ``eager``; ``compile``: ``torch.compile(model)``;
+``compile-blocks``: regional compilation, ``compile()`` on every transformer block of the encoder
+and the decoders. Each configuration runs in a fresh subprocess (with its own, cold inductor cache):
+a compile failure or a crash becomes that row's error, CPU peak RSS is per configuration, and a
+compile still running after ``--compile-budget`` seconds is stopped and its row marked skipped. The
+first compiled step is timed and reported as the compile time; it is not part of the timed steps.
+Step time is the median of the timed steps.
+
+Peak memory: ``torch.cuda.max_memory_allocated`` over the timed steps on CUDA; on the CPU the peak
+RSS of the timed steps (the kernel's VmHWM, reset just before them) minus the RSS before the model
+was built, i.e. weights, gradients, optimiser state, activations and allocator caching. The JSON
+also holds ``rss_growth_timed_bytes``, the peak over the RSS at the start of the timed steps.
+
+FLOPs per step are counted once per batch size with ``FlopCounterMode`` on the meta device
+(forward + backward; the optimiser's elementwise work is not counted) and divided by the step time.
+The reference is a 2048^3 matmul in the row's dtype, timed the same way in the same process right
+before and right after the timed steps (the mean of the two), so both see the same machine load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import queue
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from arvision.build import Blueprint, build_model, resolve
+from arvision.components import Tokens
+from arvision.recipe import structure_recipe
+
+__all__ = [
+    "Config", "Geometry", "compile_blocks", "count_flops", "format_table", "machine_info", "main",
+    "make_blueprint", "make_step", "matmul_tflops", "recipe_data", "run_config", "run_isolated",
+    "time_steps",
+]
+
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+PHASE, ROW = "@@phase ", "@@row "  # the worker's progress lines on stdout
+MODES = ("eager", "compile", "compile-blocks")
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """The model measured; the defaults are D-iGPT's (ViT-Tiny student)."""
+
+    img_size: int = 224
+    patch_size: int = 16
+    encoder: str = "vit_tiny_patch16_224"
+    embed_dim: int | None = None  # None: the timm model's
+    depth: int | None = None
+    num_heads: int | None = None
+    teacher: str = "ViT-H-14"  # open_clip name: only its token_spec is used (no weights)
+    teacher_size: int | None = None  # None: the teacher's 224 -> 16x16 tokens
+    segments: int = 2  # rows = cols
+    decoder_dim: int = 1024
+    decoder_depth: int = 2
+    decoder_heads: int = 32
+
+
+@dataclass(frozen=True)
+class Config:
+    precision: str = "fp32"  # or "bf16" (autocast)
+    mode: str = "eager"  # "compile": torch.compile(model); "compile-blocks": each transformer block
+    batch: int = 8
+
+
+def recipe_data(geometry: Geometry) -> dict[str, Any]:
+    """The D-iGPT recipe for ``geometry`` as a dict (what a TOML file would hold)."""
+    g = geometry
+    overrides = {"embed_dim": g.embed_dim, "depth": g.depth, "num_heads": g.num_heads}
+    encoder = {"name": g.encoder, "img_size": g.img_size, "patch_size": g.patch_size,
+               "pos_embed": "sincos", "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
+               **{key: value for key, value in overrides.items() if value is not None}}
+    tokenizer = {"name": "clip", "model": g.teacher}
+    if g.teacher_size is not None:
+        tokenizer["size"] = g.teacher_size
+
+    def decoder(predicts: str, key: str) -> dict[str, Any]:
+        return {"name": "transformer", "predicts": predicts, "key": key, "dim": g.decoder_dim,
+                "depth": g.decoder_depth, "num_heads": g.decoder_heads}
+
+    return {
+        "run": {"name": "bench_train_step"},
+        "data": {"source": "synthetic", "synthetic": {"image_size": g.img_size, "channels": 3}},
+        "encoder": encoder,
+        "tokenizer": tokenizer,
+        "ordering": {"name": "random_segments", "rows": g.segments, "cols": g.segments},
+        "decoders": [decoder("next", "generative"), decoder("visible", "discriminative")],
+        "target": {"name": "cosine"},
+    }
+
+
+def make_blueprint(geometry: Geometry) -> Blueprint:
+    return resolve(structure_recipe(recipe_data(geometry), "benchmarks/train_step.py"))
+
+
+def make_inputs(blueprint: Blueprint, batch: int, device: torch.device | str
+                ) -> tuple[torch.Tensor, Tokens]:
+    """Random images in [0, 1] and random teacher tokens (B, h, w, D) + CLS (B, D)."""
+    image, spec = blueprint.image, blueprint.tokens
+    images = torch.rand(batch, image.channels, image.size, image.size, device=device)
+    tokens = torch.randn(batch, *spec.grid, spec.dim, device=device)
+    cls = torch.randn(batch, spec.dim, device=device) if spec.cls else None
+    return images, Tokens(tokens, cls)
+
+
+def count_flops(geometry: Geometry, batch: int) -> int:
+    """FLOPs of forward + backward at ``batch``, counted on the meta device (nothing allocated)."""
+    blueprint = make_blueprint(geometry)
+    order = blueprint.ordering.plan(batch).order  # drawn on the CPU, moved to meta below
+    with torch.device("meta"):
+        model = build_model(blueprint, with_tokenizer=False)
+        images, tokens = make_inputs(blueprint, batch, "meta")
+        with FlopCounterMode(display=False) as counter:
+            model(images, tokens=tokens, order=order.to("meta")).loss.backward()
+    return counter.get_total_flops()
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_tflops(device: torch.device | str, dtype: torch.dtype, n: int = 2048, warmup: int = 2,
+                  iters: int = 10) -> float:
+    """Achieved TFLOP/s of ``(n, n) @ (n, n)`` in ``dtype``, timed like the training step."""
+    device = torch.device(device)
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    out = torch.empty(n, n, device=device, dtype=dtype)
+    for _ in range(warmup):
+        torch.mm(a, b, out=out)
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(iters):
+        torch.mm(a, b, out=out)
+    _sync(device)
+    return 2 * n**3 * iters / (time.perf_counter() - start) / 1e12
+
+
+def _proc_status(field: str) -> int | None:
+    """A ``kB`` field of /proc/self/status (VmRSS, VmHWM) in bytes; None off Linux."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def _reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS mark (VmHWM) so the next peak is the timed steps' own."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
+def _peak_rss() -> int:
+    """ru_maxrss in bytes (kB on Linux)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+class _Memory:
+    """Peak memory of the timed steps: CUDA allocator peak, or peak RSS on the CPU."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.baseline = _proc_status("VmRSS") or 0  # before the model exists
+
+    def start(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+            return
+        self.hwm_reset = _reset_peak_rss()
+        self.before = _proc_status("VmRSS") or 0
+
+    def stop(self) -> dict[str, Any]:
+        if self.device.type == "cuda":
+            return {"peak_memory_bytes": torch.cuda.max_memory_allocated(self.device),
+                    "memory_kind": "torch.cuda.max_memory_allocated during the timed steps"}
+        if self.hwm_reset and _proc_status("VmHWM") is not None:
+            peak, how = _proc_status("VmHWM"), "VmHWM reset before the timed steps"
+        else:
+            peak, how = _peak_rss(), "ru_maxrss (includes the warm-up's peak)"
+        return {"peak_memory_bytes": peak - self.baseline,
+                "memory_kind": f"peak RSS during the timed steps minus RSS before the model was "
+                               f"built ({how})",
+                "peak_rss_bytes": peak, "rss_baseline_bytes": self.baseline,
+                "rss_growth_timed_bytes": peak - self.before}
+
+
+def compile_blocks(model: torch.nn.Module) -> None:
+    """Regional compilation: ``compile()`` every block of every ``blocks`` list, in place."""
+    for name, module in model.named_modules():
+        if name.split(".")[-1] == "blocks" and isinstance(module, torch.nn.ModuleList):
+            for block in module:
+                block.compile()
+
+
+def make_step(config: Config, geometry: Geometry, device: torch.device, count: int):
+    """Build model, optimiser and inputs; return ``step()``, one training step per call.
+
+    ``count`` segment orders are drawn up front; step k uses the k-th.
+    """
+    torch.manual_seed(0)
+    blueprint = make_blueprint(geometry)
+    model = build_model(blueprint, with_tokenizer=False).to(device).train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.95), weight_decay=0.05,
+                                  fused=device.type == "cuda")
+    images, tokens = make_inputs(blueprint, config.batch, device)
+    orders = iter([blueprint.ordering.plan(config.batch, device=device).order for _ in range(count)])
+    forward = torch.compile(model) if config.mode == "compile" else model
+    if config.mode == "compile-blocks":
+        compile_blocks(model)
+    bf16 = config.precision == "bf16"
+
+    def step() -> None:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            loss = forward(images, tokens=tokens, order=next(orders)).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step
+
+
+def time_steps(step, count: int, device: torch.device) -> list[float]:
+    """Wall time of each of ``count`` calls of ``step`` (synchronised on CUDA)."""
+    times = []
+    for _ in range(count):
+        start = time.perf_counter()
+        step()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run_config(config: Config, geometry: Geometry = Geometry(), steps: int = 5, warmup: int = 2,
+               device: str = "cpu", flops: int | None = None, report=None, matmul_n: int = 2048
+               ) -> dict[str, Any]:
+    """Time ``steps`` training steps after ``warmup`` (+1 to compile); a failure is the row's error.
+
+    A ``matmul_n``-cubed matmul in the row's dtype is timed right before and after the timed steps
+    (same process, same load) as the reference for ``fraction_of_matmul``. ``report(phase)`` is
+    told "compile" before the first compiled step and "timed" after it.
+    """
+    row: dict[str, Any] = {**asdict(config), "status": "ok", "steps": steps, "warmup": warmup}
+    dev, compiling = torch.device(device), config.mode != "eager"
+    memory = _Memory(dev)
+    try:
+        step = make_step(config, geometry, dev, compiling + warmup + steps)
+        if compiling and report:
+            report("compile")
+        row["warmup_s"] = time_steps(step, compiling + warmup, dev)
+        if compiling:
+            row["compile_s"] = row["warmup_s"][0]  # tracing and compiling, then the step itself
+            if report:
+                report("timed")
+        matmul = [matmul_tflops(dev, DTYPES[config.precision], matmul_n)]
+        memory.start()
+        cpu = _cpu_seconds()
+        times = time_steps(step, steps, dev)
+        cpu = _cpu_seconds() - cpu
+        row.update(memory.stop())
+        matmul.append(matmul_tflops(dev, DTYPES[config.precision], matmul_n))
+    except Exception as exc:  # the row records it; the other configurations still run
+        row.update(status="failed", error=f"{type(exc).__name__}: {str(exc).strip()[:500]}")
+        return row
+    step_s = statistics.median(times)
+    flops = count_flops(geometry, config.batch) if flops is None else flops
+    row.update(step_ms=1e3 * step_s, step_ms_min=1e3 * min(times),
+               step_ms_mean=1e3 * statistics.mean(times), times_s=times,
+               images_per_s=config.batch / step_s, flops_per_step=flops,
+               achieved_tflops=flops / step_s / 1e12, matmul_tflops_before_after=matmul,
+               matmul_tflops=statistics.mean(matmul),
+               load_average=os.getloadavg()[0])  # other processes share the CPU: read with care
+    row["fraction_of_matmul"] = row["achieved_tflops"] / row["matmul_tflops"]
+    if dev.type == "cpu":  # CPU time / (wall time x threads): below 1 when others took the cores
+        row["cpu_share"] = cpu / (sum(times) * torch.get_num_threads())
+    return row
+
+
+def machine_info(device: torch.device) -> dict[str, Any]:
+    cpu = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info = {"platform": platform.platform(), "python": platform.python_version(), "cpu": cpu,
+            "cpu_count": os.cpu_count(), "torch": torch.__version__,
+            "threads": torch.get_num_threads(), "device": str(device),
+            "device_name": cpu, "load_average": list(os.getloadavg())}
+    if device.type == "cuda":
+        info["device_name"] = torch.cuda.get_device_name(device)
+        info["cuda"] = torch.version.cuda
+    return info
+
+
+# -- the driver: one subprocess per configuration ----------------------------------------------------
+
+
+def _worker(spec: dict[str, Any]) -> None:
+    """Run one configuration (``--worker JSON``) and print its row."""
+    if spec.get("threads"):
+        torch.set_num_threads(spec["threads"])
+
+    def report(phase: str) -> None:
+        print(PHASE + phase, flush=True)
+
+    row = run_config(Config(**spec["config"]), Geometry(**spec["geometry"]), spec["steps"],
+                     spec["warmup"], spec["device"], spec["flops"], report, spec.get("matmul_n", 2048))
+    print(ROW + json.dumps(row), flush=True)
+
+
+def _read_lines(stream, lines: queue.Queue) -> None:
+    for line in stream:
+        lines.put(line)
+    lines.put(None)
+
+
+def run_isolated(spec: dict[str, Any], compile_budget: float, timeout: float) -> dict[str, Any]:
+    """Run a configuration in a fresh Python; stop a compile over budget or a run over timeout."""
+    base = {**spec["config"], "steps": spec["steps"], "warmup": spec["warmup"]}
+    with tempfile.TemporaryDirectory(prefix="arvision-bench-") as tmp:
+        env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": tmp}  # a cold compile for every row
+        stderr_path = Path(tmp) / "stderr.txt"
+        with stderr_path.open("w") as stderr:
+            proc = subprocess.Popen([sys.executable, __file__, "--worker", json.dumps(spec)],
+                                    stdout=subprocess.PIPE, stderr=stderr, text=True, env=env)
+            lines: queue.Queue = queue.Queue()
+            threading.Thread(target=_read_lines, args=(proc.stdout, lines), daemon=True).start()
+            start = phase_start = time.monotonic()
+            phase, row, killed = "setup", None, None
+            while True:
+                now = time.monotonic()
+                if phase == "compile" and now - phase_start > compile_budget:
+                    killed = (f"skipped: compile still running after {compile_budget:.0f} s "
+                              f"(--compile-budget)")
+                elif now - start > timeout:
+                    killed = f"skipped: still running after {timeout:.0f} s (--timeout)"
+                if killed:
+                    proc.kill()
+                    break
+                try:
+                    line = lines.get(timeout=1.0)
+                except queue.Empty:
+                    continue
+                if line is None:
+                    break
+                if line.startswith(PHASE):
+                    phase, phase_start = line[len(PHASE):].strip(), time.monotonic()
+                elif line.startswith(ROW):
+                    row = json.loads(line[len(ROW):])
+            proc.wait()
+        if row is not None:
+            return row
+        if killed:
+            return {**base, "status": "skipped", "error": killed}
+        tail = stderr_path.read_text().strip().splitlines()[-3:]
+        return {**base, "status": "failed",
+                "error": f"worker exited with {proc.returncode}: {' | '.join(tail)[:500]}"}
+
+
+def _short(error: str, width: int = 100) -> str:
+    line = error.strip().splitlines()[0] if error.strip() else ""
+    return line if len(line) <= width else line[: width - 3] + "..."
+
+
+def _fmt_bytes(value: int | None) -> str:
+    return "-" if value is None else f"{value / 2**30:.2f} GiB"
+
+
+COLUMNS = ("precision", "mode", "batch", "images/s", "step ms", "peak memory", "achieved TFLOP/s",
+           "fraction of matmul", "compile s", "CPU share")
+
+
+def _cells(r: dict[str, Any]) -> list[str]:
+    """A row's cells under COLUMNS; a failed or skipped row shows its status and error instead."""
+    head = [r["precision"], r["mode"], str(r["batch"])]
+    if r["status"] != "ok":
+        return [*head, f"{r['status']}: {_short(r.get('error', ''))}", *[""] * (len(COLUMNS) - 4)]
+    share = r.get("cpu_share")
+    return [*head, f"{r['images_per_s']:.2f}", f"{r['step_ms']:.0f}",
+            _fmt_bytes(r.get("peak_memory_bytes")), f"{r['achieved_tflops']:.3f}",
+            f"{r['fraction_of_matmul']:.2f}", f"{r['compile_s']:.0f}" if "compile_s" in r else "",
+            "" if share is None else f"{share:.2f}"]
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    """A Markdown table of the rows (the one docs/performance.md holds)."""
+    lines = ["| " + " | ".join(COLUMNS) + " |",
+             "|" + "|".join("---" if i < 2 else "---:" for i in range(len(COLUMNS))) + "|"]
+    lines += ["| " + " | ".join(_cells(r)) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _print_table(rows: list[dict[str, Any]], matmul: dict[str, float]) -> None:
+    try:
+        from rich.console import Console
+        from rich.table import Table
+    except ImportError:
+        print(format_table(rows))
+        return
+    table = Table(title="D-iGPT training step (matmul TFLOP/s at start: " +
+                  ", ".join(f"{k} {v:.3f}" for k, v in matmul.items()) + ")")
+    for index, name in enumerate(COLUMNS):
+        table.add_column(name, justify="left" if index < 2 else "right")
+    for r in rows:
+        cells = _cells(r)
+        if r["status"] != "ok":
+            cells[3] = f"[red]{r['status']}[/red]"
+        table.add_row(*cells)
+    console = Console(width=max(Console().width, 150))
+    console.print(table)
+    for r in rows:
+        if r["status"] != "ok":
+            console.print(f"{r['precision']} {r['mode']} batch {r['batch']}: {r['status']}: "
+                          f"{_short(r.get('error', ''), 300)}", markup=False)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="batch 8 only, fewer steps")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--out", default="benchmarks/results/train_step.json")
+    parser.add_argument("--batches", type=int, nargs="+", help="batch sizes (default 8 32; quick 8)")
+    parser.add_argument("--precisions", nargs="+", choices=tuple(DTYPES), default=list(DTYPES))
+    parser.add_argument("--modes", nargs="+", choices=MODES,
+                        help="default: all; quick: eager and compile")
+    parser.add_argument("--steps", type=int, help="timed steps (default 5; quick 2)")
+    parser.add_argument("--warmup", type=int, help="warm-up steps, after compile (default 2; quick 1)")
+    parser.add_argument("--compile-budget", type=float, default=300.0,
+                        help="seconds a compile may take before its row is skipped")
+    parser.add_argument("--timeout", type=float, default=1800.0, help="seconds per configuration")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
+    args = parse_args(argv)
+    if args.worker:
+        _worker(json.loads(args.worker))
+        return []
+    device = torch.device(args.device)
+    batches = args.batches or ([8] if args.quick else [8, 32])
+    modes = args.modes or (["eager", "compile"] if args.quick else list(MODES))
+    steps = args.steps or (2 if args.quick else 5)
+    warmup = args.warmup if args.warmup is not None else (1 if args.quick else 2)
+    geometry = Geometry()
+    began = time.perf_counter()
+    matmul = {"fp32": matmul_tflops(device, torch.float32),
+              "bf16": matmul_tflops(device, torch.bfloat16)}
+    print("matmul 2048^3 TFLOP/s: " + ", ".join(f"{k} {v:.3f}" for k, v in matmul.items()), flush=True)
+    flops = {batch: count_flops(geometry, batch) for batch in batches}
+    rows = []
+    for batch in batches:
+        for precision in args.precisions:
+            for mode in modes:
+                spec = {"config": asdict(Config(precision, mode, batch)), "geometry": asdict(geometry),
+                        "steps": steps, "warmup": warmup, "device": str(device),
+                        "flops": flops[batch], "threads": torch.get_num_threads()}
+                rows.append(run_isolated(spec, args.compile_budget, args.timeout))
+                row = rows[-1]
+                print(json.dumps({k: v for k, v in row.items() if k not in ("times_s", "warmup_s")}),
+                      flush=True)
+    _print_table(rows, matmul)
+    result = {"machine": machine_info(device), "geometry": asdict(geometry),
+              "command": "python " + " ".join([Path(sys.argv[0]).as_posix(), *(argv or sys.argv[1:])]),
+              "quick": args.quick, "matmul_tflops": matmul, "flops_per_step": flops,
+              "total_s": time.perf_counter() - began, "rows": rows}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out} ({result['total_s']:.0f} s)")
+    return rows
+
+
+if __name__ == "__main__":
+    main()

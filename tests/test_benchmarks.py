@@ -1,0 +1,66 @@
+"""The training-step benchmark runs end to end at a tiny geometry (no timing assertions)."""
+
+import importlib.util
+import sys
+from dataclasses import asdict
+
+import pytest
+
+from conftest import REPO
+
+
+@pytest.fixture(scope="module")
+def bench():
+    path = REPO / "benchmarks" / "train_step.py"
+    spec = importlib.util.spec_from_file_location("train_step_benchmark", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the class is made
+    spec.loader.exec_module(module)
+    yield module
+    sys.modules.pop(spec.name, None)
+
+
+def tiny(bench):
+    # 32 px, patch 8: a 4x4 student grid in 2x2 segments; the ViT-H-14 teacher at 56 px: 4x4x1024.
+    return bench.Geometry(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2,
+                          teacher_size=56, decoder_dim=32, decoder_depth=1, decoder_heads=2)
+
+
+def test_recipe_has_the_digpt_layout(bench):
+    blueprint = bench.make_blueprint(bench.Geometry())
+    assert blueprint.grid == (14, 14) and blueprint.tokens.grid == (16, 16)
+    assert blueprint.tokens.dim == 1024 and blueprint.tokens.cls
+    assert blueprint.encoder_tokens == 148 and blueprint.targets_per_decoder == 193
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_one_step_gives_a_row(bench, precision):
+    row = bench.run_config(bench.Config(precision, "eager", 2), tiny(bench), steps=1, warmup=1,
+                           matmul_n=128)
+    assert row["status"] == "ok", row.get("error")
+    assert row["images_per_s"] > 0 and row["flops_per_step"] > 0 and row["achieved_tflops"] > 0
+    assert row["matmul_tflops"] > 0 and row["fraction_of_matmul"] > 0
+    assert row["peak_memory_bytes"] is not None and row["memory_kind"]
+
+
+def test_a_failing_configuration_is_reported_in_its_row(bench):
+    row = bench.run_config(bench.Config("fp32", "eager", 2), bench.Geometry(img_size=30),
+                           steps=1, warmup=0)
+    assert row["status"] == "failed" and row["error"]
+
+
+def test_table_lists_every_row(bench):
+    ok = bench.run_config(bench.Config("fp32", "eager", 2), tiny(bench), steps=1, warmup=0,
+                          matmul_n=128)
+    failed = {"precision": "bf16", "mode": "compile", "batch": 2, "status": "failed",
+              "error": "SomeError: boom\nmore"}
+    table = bench.format_table([ok, failed]).splitlines()
+    assert len(table) == 4 and "| fp32 | eager | 2 |" in table[2] and "SomeError: boom" in table[3]
+
+
+def test_isolated_run_returns_the_worker_row(bench):
+    spec = {"config": asdict(bench.Config("fp32", "eager", 2)), "geometry": asdict(tiny(bench)),
+            "steps": 1, "warmup": 0, "device": "cpu", "flops": None, "threads": 1, "matmul_n": 128}
+    row = bench.run_isolated(spec, compile_budget=60, timeout=300)
+    assert row["status"] == "ok", row.get("error")
+    assert row["images_per_s"] > 0 and row["flops_per_step"] > 0
