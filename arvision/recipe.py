@@ -135,7 +135,7 @@ class TrainConfig:
                                 validator=check(lambda v: 0 < v < 1, "a number in (0, 1)"))
     activation_checkpointing: bool = setting(False, "recompute encoder blocks in backward to save "
                                              "memory")
-    compile: bool = setting(False, "torch.compile the model")
+    compile: bool = setting(False, "torch.compile every transformer block (regional compilation)")
     deterministic: bool = setting(False, "deterministic algorithms (bitwise repeatable runs)")
     log_every: int = setting(10, "log metrics every N steps", validator=positive)
     seed: int = setting(0, "seed for weights, data order, augmentation and segment orders")

@@ -142,3 +142,8 @@ def test_quickstart_pretrains_then_compares_with_random_init(tmp_path, monkeypat
     assert results["reference"] == {"name": "logistic regression on raw pixels", "top1": 84.2}
     shown = capsys.readouterr().out
     assert "pretrained top-1" in shown and "logistic regression on raw pixels" in shown
+
+
+def test_compiled_blocks_train(tmp_path):
+    result = train(tiny_recipe(train={"steps": 2, "compile": True}), tmp_path / "compiled")
+    assert result.steps == 2 and all(math.isfinite(loss) for loss in result.losses)
