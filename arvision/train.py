@@ -301,7 +301,7 @@ def _check_same_run(trainer: Trainer, path: Path) -> None:
     saved = _flat(load_checkpoint(path)["recipe"])
     current = _flat(recipe_to_dict(trainer.blueprint.recipe, trainer.blueprint.plugins))
     for key in sorted(set(saved) | set(current)):
-        resumable = any(key == allowed or allowed.endswith(".") and key.startswith(allowed)
+        resumable = any(key == allowed or (allowed.endswith(".") and key.startswith(allowed))
                         for allowed in RESUMABLE_CHANGES)
         if not resumable and saved.get(key) != current.get(key):
             raise RecipeError(
