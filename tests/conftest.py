@@ -47,3 +47,16 @@ def tiny_recipe(**sections: dict[str, Any]) -> Recipe:
 @pytest.fixture
 def plugins():
     return load_plugins()
+
+
+def run_cli(capsys, *argv) -> tuple[int, str, str]:
+    """``arvision ARGV`` in this process: (exit code, stdout, stderr)."""
+    from arvision.cli import main
+
+    try:
+        main([str(arg) for arg in argv])
+        code = 0
+    except SystemExit as exc:
+        code = exc.code or 0
+    out, err = capsys.readouterr()
+    return code, out, err

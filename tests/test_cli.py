@@ -5,21 +5,8 @@ import json
 import pytest
 import torch
 
-from arvision.cli import main
 from arvision_plugins.palette import load_palette, quantize
-from conftest import REPO
-
-
-def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
-    """``arvision ARGV`` in this process: (exit code, stdout, stderr)."""
-    try:
-        main(list(argv))
-        code = 0
-    except SystemExit as exc:
-        code = exc.code or 0
-    out, err = capsys.readouterr()
-    return code, out, err
-
+from conftest import REPO, run_cli
 
 # command -> words its help must show (a description and its main options)
 HELP = {

@@ -22,14 +22,13 @@ from torch import Tensor, nn
 from arvision import hookimpl
 from arvision.build import build_model, resolve
 from arvision.checkpoint import load_checkpoint, save_checkpoint
-from arvision.cli import main
 from arvision.components import Tokenizer, Tokens, TokenSpec
 from arvision.convert import convert_digpt_official, export_timm
 from arvision.errors import CheckpointError, RecipeError
 from arvision.plugins import load_plugins
 from arvision.recipe import recipe_to_dict, structure_recipe
 from arvision.train import train
-from conftest import tiny_recipe
+from conftest import run_cli, tiny_recipe
 
 IMAGENET = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
 GRID, TEACHER_GRID, TEACHER_DIM = 4, 8, 12  # student 32 px / patch 8; teacher 8x8 (resampled)
@@ -389,14 +388,6 @@ def test_recipe_that_cannot_hold_digpt_is_one_line(plugins, change, match):
 
 # --- command line ------------------------------------------------------------------------------
 
-def run_cli(capsys, *argv) -> tuple[int, str, str]:
-    try:
-        main([str(arg) for arg in argv])
-        code = 0
-    except SystemExit as exc:
-        code = exc.code or 0
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 #: The global plugins have no feature teacher with CLS: pixels (4x4 patches, 8x8 grid, 48-d).

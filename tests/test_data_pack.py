@@ -10,13 +10,13 @@ import torch
 from test_data_sources import write_idx
 from torchvision.io import encode_jpeg, write_jpeg, write_png
 
-from arvision.cli import main
 from arvision.data.image_folder import read_image
 from arvision.data.images import resize_short_side
 from arvision.data.lmdb_dataset import LmdbImages
 from arvision.data.pack import PackOptions, pack
 from arvision.data.pack_format import key, open_env, reader
 from arvision.errors import DataError
+from conftest import run_cli
 
 CLASSES = ("cat", "dog", "fox")
 #: (height, width) of the images of each class: smaller and larger than a short side of 16.
@@ -49,14 +49,6 @@ def as_uint8(image: torch.Tensor) -> torch.Tensor:
     return image.mul(255).round().to(torch.uint8)
 
 
-def run_cli(capsys, *args: str) -> tuple[int, str, str]:
-    try:
-        main([str(arg) for arg in args])
-        code = 0
-    except SystemExit as exit_:
-        code = exit_.code or 0
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def records(path: Path) -> dict[bytes, bytes]:

@@ -8,7 +8,6 @@ import torch
 
 from arvision.build import build_model, resolve
 from arvision.checkpoint import load_checkpoint, save_checkpoint
-from arvision.cli import main
 from arvision.evaluate import (
     LINEAR_LRS,
     LINEAR_WEIGHT_DECAYS,
@@ -21,7 +20,7 @@ from arvision.evaluate import (
     topk_accuracy,
 )
 from arvision.train import train
-from conftest import tiny_recipe
+from conftest import run_cli, tiny_recipe
 
 CLASSES = 4
 CHANCE = 100 / CLASSES
@@ -154,14 +153,6 @@ def trained(tmp_path_factory) -> Path:
     return train(tiny_recipe(train={"steps": 2}), out).checkpoint
 
 
-def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
-    try:
-        main(list(argv))
-        code = 0
-    except SystemExit as exc:
-        code = exc.code or 0
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_eval_linear_and_knn_write_eval_json_and_reuse_the_cache(trained, capsys):
