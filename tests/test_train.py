@@ -147,3 +147,19 @@ def test_quickstart_pretrains_then_compares_with_random_init(tmp_path, monkeypat
 def test_compiled_blocks_train(tmp_path):
     result = train(tiny_recipe(train={"steps": 2, "compile": True}), tmp_path / "compiled")
     assert result.steps == 2 and all(math.isfinite(loss) for loss in result.losses)
+
+
+def test_activation_checkpointing_gives_the_same_steps(tmp_path):
+    plain = train(tiny_recipe(train={"steps": 3, "base_lr": 0.05}), tmp_path / "plain")
+    recomputed = train(tiny_recipe(train={"steps": 3, "base_lr": 0.05,
+                                          "activation_checkpointing": True}), tmp_path / "ckpt")
+    assert recomputed.losses == pytest.approx(plain.losses, rel=1e-5)
+
+
+def test_fp16_on_cpu_is_a_recipe_error(tmp_path):
+    from arvision.errors import RecipeError
+
+    if torch.cuda.is_available():
+        pytest.skip("fp16 is allowed on CUDA")
+    with pytest.raises(RecipeError, match="train.precision: 'fp16' needs CUDA"):
+        train(tiny_recipe(train={"precision": "fp16"}), tmp_path / "fp16")
