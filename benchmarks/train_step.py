@@ -490,7 +490,13 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
               "bf16": matmul_tflops(device, torch.bfloat16)}
     print("matmul 2048^3 TFLOP/s: " + ", ".join(f"{k} {v:.3f}" for k, v in matmul.items()), flush=True)
     flops = {batch: count_flops(geometry, batch) for batch in batches}
-    rows = []
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    result = {"machine": machine_info(device), "geometry": asdict(geometry),
+              "command": "python " + " ".join([Path(sys.argv[0]).as_posix(), *(argv or sys.argv[1:])]),
+              "quick": args.quick, "matmul_tflops": matmul, "flops_per_step": flops,
+              "complete": False, "rows": []}
+    rows = result["rows"]
     for batch in batches:
         for precision in args.precisions:
             for mode in modes:
@@ -498,20 +504,16 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                         "steps": steps, "warmup": warmup, "device": str(device),
                         "flops": flops[batch], "threads": torch.get_num_threads()}
                 rows.append(run_isolated(spec, args.compile_budget, args.timeout))
-                row = rows[-1]
-                print(json.dumps({k: v for k, v in row.items() if k not in ("times_s", "warmup_s")}),
+                print(json.dumps({k: v for k, v in rows[-1].items() if k not in ("times_s", "warmup_s")}),
                       flush=True)
+                result["total_s"] = time.perf_counter() - began
+                out.write_text(json.dumps(result, indent=2) + "\n")  # a killed run keeps its rows
     _print_table(rows, matmul)
-    result = {"machine": machine_info(device), "geometry": asdict(geometry),
-              "command": "python " + " ".join([Path(sys.argv[0]).as_posix(), *(argv or sys.argv[1:])]),
-              "quick": args.quick, "matmul_tflops": matmul, "flops_per_step": flops,
-              "total_s": time.perf_counter() - began, "rows": rows}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    result["complete"] = True
+    result["machine"]["load_average_end"] = list(os.getloadavg())
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {out} ({result['total_s']:.0f} s)")
     return rows
-
 
 if __name__ == "__main__":
     main()
