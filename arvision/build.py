@@ -11,6 +11,7 @@ import attrs
 import torch
 
 from .components import DecoderContext, ImageSpec, Ordering, Target, Tokenizer, TokenSpec
+from .data.fashion_mnist import FashionMNIST
 from .encoder import Encoder, create_encoder_vit, default_taps
 from .errors import ArvisionError, RecipeError
 from .model import ARModel
@@ -83,7 +84,7 @@ def data_image_spec(recipe: Recipe) -> tuple[int | None, int]:
         from .data.lmdb_dataset import pack_image_spec  # reads the pack's manifest, if it is there
 
         return pack_image_spec(data.root, data.split)
-    return 28, 1  # Fashion-MNIST
+    return FashionMNIST.image_size, FashionMNIST.channels
 
 
 def _guard(source: str, key: str, make: Callable[[], Any]) -> Any:

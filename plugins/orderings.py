@@ -14,12 +14,18 @@ __all__ = ["RandomOrdering", "RandomSegmentsOrdering", "RasterOrdering", "Segmen
 positive = check(lambda v: v > 0, "a number > 0")
 
 
-def random_orders(batch_size: int, num_segments: int, generator: torch.Generator | None,
-                  device) -> torch.Tensor:
-    """An independent uniform permutation per sample: (B, S) long."""
+def in_order(layout: SegmentLayout, batch_size: int, device) -> Plan:
+    """Every sample visits the segments in raster order: order (B, S)."""
+    order = torch.arange(layout.num_segments, device=device)  # (S,)
+    return Plan(layout, order.expand(batch_size, -1))
+
+
+def shuffled(layout: SegmentLayout, batch_size: int, generator: torch.Generator | None,
+             device) -> Plan:
+    """An independent uniform permutation per sample: order (B, S)."""
     gen_device = generator.device if generator is not None else "cpu"
-    keys = torch.rand(batch_size, num_segments, generator=generator, device=gen_device)
-    return keys.argsort(dim=1).to(device)
+    keys = torch.rand(batch_size, layout.num_segments, generator=generator, device=gen_device)
+    return Plan(layout, keys.argsort(dim=1).to(device))
 
 
 @attrs.frozen
@@ -35,16 +41,14 @@ class RasterOrdering(Ordering):
         self.layout = SegmentLayout(*grid)
 
     def plan(self, batch_size, generator=None, device=None) -> Plan:
-        order = torch.arange(self.layout.num_segments, device=device)  # (S,)
-        return Plan(self.layout, order.expand(batch_size, -1))
+        return in_order(self.layout, batch_size, device)
 
 
 class RandomOrdering(RasterOrdering):
     """One token per segment, in a random order per sample (a per-token permutation)."""
 
     def plan(self, batch_size, generator=None, device=None) -> Plan:
-        return Plan(self.layout, random_orders(batch_size, self.layout.num_segments, generator,
-                                               device))
+        return shuffled(self.layout, batch_size, generator, device)
 
 
 @attrs.frozen
@@ -64,16 +68,14 @@ class SegmentsOrdering(Ordering):
             raise ValueError("needs at least 2 segments: one to see and one to predict")
 
     def plan(self, batch_size, generator=None, device=None) -> Plan:
-        order = torch.arange(self.layout.num_segments, device=device)  # (S,)
-        return Plan(self.layout, order.expand(batch_size, -1))
+        return in_order(self.layout, batch_size, device)
 
 
 class RandomSegmentsOrdering(SegmentsOrdering):
     """``rows x cols`` equal segments in a random permutation per sample (D-iGPT: 2x2)."""
 
     def plan(self, batch_size, generator=None, device=None) -> Plan:
-        return Plan(self.layout, random_orders(batch_size, self.layout.num_segments, generator,
-                                               device))
+        return shuffled(self.layout, batch_size, generator, device)
 
 
 @hookimpl
