@@ -7,6 +7,7 @@ processes here). Checkpoints are full state dicts gathered with
 """
 
 import os
+from collections.abc import Sequence
 from typing import Any
 
 import attrs
@@ -60,8 +61,16 @@ def setup(device_name: str) -> tuple[Ranks, torch.device]:
     return Ranks(dist.get_rank(), world, local_rank), device
 
 
-def wrap(model: nn.Module, strategy: str, ranks: Ranks, device: torch.device) -> nn.Module:
-    """The module the training step calls: the model itself, DDP, or FSDP2-sharded in place."""
+def wrap(model: nn.Module, strategy: str, ranks: Ranks, device: torch.device,
+         shard_units: Sequence[nn.Module] = (), frozen: set[nn.Parameter] = frozenset()
+         ) -> nn.Module:
+    """The module the training step calls: the model itself, DDP, or FSDP2-sharded in place.
+
+    FSDP: each of ``shard_units`` (the transformer blocks) is a unit, gathered for its forward and
+    backward and sharded otherwise; the rest (embeddings, decoders, heads) forms the root unit,
+    kept gathered from forward to backward because the decoders return attrs objects whose
+    tensors FSDP cannot hook. ``frozen`` parameters (a teacher) are not sharded.
+    """
     if ranks.world == 1:
         return model
     if strategy == "ddp":
@@ -69,13 +78,9 @@ def wrap(model: nn.Module, strategy: str, ranks: Ranks, device: torch.device) ->
             model, device_ids=[device.index] if device.type == "cuda" else None)
     from torch.distributed.fsdp import fully_shard
 
-    # Each encoder block is a unit (gathered for its forward and backward, sharded otherwise);
-    # the rest (embeddings, decoders) forms the root unit, kept gathered from forward to backward
-    # because the decoders return attrs objects whose tensors FSDP cannot hook.
-    for block in model.encoder.vit.blocks:
+    for block in shard_units:
         fully_shard(block)
-    frozen = set(model.tokenizer.parameters()) if model.tokenizer is not None else set()
-    fully_shard(model, reshard_after_forward=False, ignored_params=frozen or None)
+    fully_shard(model, reshard_after_forward=False, ignored_params=set(frozen) or None)
     return model
 
 

@@ -20,9 +20,25 @@ from .plugins import Plugins, get_plugins
 from .registry import UnknownComponentError
 
 __all__ = [
-    "ComponentTable", "DataConfig", "DecoderTable", "EncoderConfig", "EvalConfig", "OrderingTable", "Recipe",
-    "RunConfig", "SyntheticConfig", "TargetTable", "TokenizerTable", "TrainConfig", "load_recipe",
-    "recipe_to_dict", "save_recipe",
+    "ComponentTable",
+    "DataConfig",
+    "DecoderTable",
+    "EncoderConfig",
+    "EvalConfig",
+    "OrderingTable",
+    "Recipe",
+    "RunConfig",
+    "SyntheticConfig",
+    "TargetTable",
+    "TokenizerTable",
+    "TrainConfig",
+    "drop_none",
+    "load_recipe",
+    "read_recipe_data",
+    "recipe_to_dict",
+    "save_recipe",
+    "structure_config",
+    "structure_recipe",
 ]
 
 positive = check(lambda v: v > 0, "a number > 0")
@@ -343,19 +359,22 @@ def read_toml(path: Path) -> dict[str, Any]:
         raise RecipeError(f"{path}: invalid TOML: not UTF-8 text") from None
 
 
-def structure_recipe(data: dict[str, Any], source: str, plugins: Plugins | None = None) -> Recipe:
-    converter = recipe_converter(plugins or get_plugins())
+def structure_config(converter: cattrs.Converter, data: dict[str, Any], cls: type, source: str):
+    """``data`` as a ``cls``; every problem in one RecipeError line naming ``source`` and keys."""
     try:
-        return converter.structure(data, Recipe)
+        return converter.structure(data, cls)
     except (cattrs.BaseValidationError, FieldError, ValueError, TypeError) as exc:
         lines = error_lines(exc)
         text = "; ".join(f"{key}: {message}" for key, message in lines)
         raise RecipeError(f"{source}: {text}") from None
 
 
-def load_recipe(path: str | Path, overrides: list[str] = (), plugins: Plugins | None = None
-                ) -> Recipe:
-    """Read, override (``--set``) and validate a recipe; errors are one-line RecipeErrors."""
+def structure_recipe(data: dict[str, Any], source: str, plugins: Plugins | None = None) -> Recipe:
+    return structure_config(recipe_converter(plugins or get_plugins()), data, Recipe, source)
+
+
+def read_recipe_data(path: str | Path, overrides: list[str] = ()) -> dict[str, Any]:
+    """A recipe file's tables with the ``--set`` overrides applied (not yet validated)."""
     path = Path(path)
     data = read_toml(path)
     for assignment in overrides:
@@ -363,20 +382,26 @@ def load_recipe(path: str | Path, overrides: list[str] = (), plugins: Plugins | 
             apply_override(data, assignment)
         except RecipeError as exc:
             raise RecipeError(f"{path}: {exc}") from None
-    return structure_recipe(data, str(path), plugins)
+    return data
 
 
-def _drop_none(value: Any) -> Any:
+def load_recipe(path: str | Path, overrides: list[str] = (), plugins: Plugins | None = None
+                ) -> Recipe:
+    """Read, override (``--set``) and validate a recipe; errors are one-line RecipeErrors."""
+    return structure_recipe(read_recipe_data(path, overrides), str(path), plugins)
+
+
+def drop_none(value: Any) -> Any:
     if isinstance(value, dict):
-        return {key: _drop_none(item) for key, item in value.items() if item is not None}
+        return {key: drop_none(item) for key, item in value.items() if item is not None}
     if isinstance(value, list | tuple):
-        return [_drop_none(item) for item in value]
+        return [drop_none(item) for item in value]
     return value
 
 
 def recipe_to_dict(recipe: Recipe, plugins: Plugins | None = None) -> dict[str, Any]:
     """The recipe as plain TOML-able data (unset optional keys omitted)."""
-    return _drop_none(recipe_converter(plugins or get_plugins()).unstructure(recipe))
+    return drop_none(recipe_converter(plugins or get_plugins()).unstructure(recipe))
 
 
 def save_recipe(recipe: Recipe, path: Path, plugins: Plugins | None = None) -> None:

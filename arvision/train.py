@@ -12,18 +12,20 @@ import math
 import os
 import random
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import attrs
 import numpy as np
+import tomli_w
 import torch
 from timm.optim import param_groups_weight_decay
 from timm.scheduler import CosineLRScheduler
 from timm.utils import ModelEmaV3
-from torch import Tensor
+from torch import Tensor, nn
 
-from .build import Blueprint, build_model, resolve
+from .build import build_model, resolve
 from .checkpoint import (
     load_checkpoint,
     prune,
@@ -41,13 +43,29 @@ from .distributed import Ranks, load_train_state, setup, train_state, wrap
 from .errors import ArvisionError, CheckpointError, RecipeError
 from .metrics import MetricLog
 from .plugins import Plugins
-from .recipe import Recipe, TrainConfig, recipe_to_dict, save_recipe
+from .recipe import Recipe, TrainConfig, recipe_to_dict
 
-__all__ = ["DivergedError", "TrainResult", "train"]
+__all__ = ["DivergedError", "Job", "TrainResult", "Trainer", "assemble_trainer", "fit", "train"]
 
 
 class DivergedError(ArvisionError):
     """The loss or the gradient stopped being finite."""
+
+
+@attrs.frozen
+class Job:
+    """What a Trainer trains, as ``recipe.toml`` and every checkpoint record it."""
+
+    train: TrainConfig
+    recipe: dict[str, Any]  # the whole recipe as plain TOML-able data
+    source: str  # where the recipe came from, for error messages
+    kind: str = "pretrain"  # 'pretrain' or 'finetune': a checkpoint resumes only its own kind
+
+
+#: Turns a loader batch into the keyword arguments of the step module's forward (on ``device``;
+#: the generator is the trainer's own, checkpointed with the run).
+Inputs = Callable[[Sequence[Tensor], torch.device, torch.Generator], dict[str, Any]]
+ParamGroups = Callable[[nn.Module, float], list[dict[str, Any]]]
 
 
 @attrs.frozen
@@ -74,10 +92,12 @@ def micro_batching(config: TrainConfig, world: int, source: str) -> tuple[int, i
     return micro, config.batch_size // (micro * world)
 
 
-def make_optimizer(model: torch.nn.Module, config: TrainConfig, device: torch.device):
-    """AdamW at lr = base_lr x batch / 256, no weight decay on biases, norms and 1-D params."""
+def make_optimizer(model: torch.nn.Module, config: TrainConfig, device: torch.device,
+                   param_groups: ParamGroups = param_groups_weight_decay):
+    """AdamW at lr = base_lr x batch / 256 over ``param_groups(model, weight_decay)`` (default: no
+    weight decay on biases, norms and 1-D params; a group's ``lr_scale`` scales its lr)."""
     lr = config.base_lr * config.batch_size / 256
-    groups = param_groups_weight_decay(model, config.weight_decay)
+    groups = param_groups(model, config.weight_decay)
     return torch.optim.AdamW(groups, lr=lr, betas=config.betas, fused=device.type == "cuda")
 
 
@@ -94,7 +114,15 @@ def make_scheduler(optimizer, config: TrainConfig, steps: int, steps_per_epoch: 
     )
 
 
-def cached_tokens(cached: list[Tensor], device: torch.device) -> Tokens | None:
+def pretrain_inputs(batch: Sequence[Tensor], device: torch.device, generator: torch.Generator
+                    ) -> dict[str, Any]:
+    """``ARModel`` arguments from ``(images, labels)`` or a target-cache batch (labels unused)."""
+    images, _labels, *cached = batch
+    return {"images": images.to(device, non_blocking=True), "tokens": cached_tokens(cached, device),
+            "generator": generator}
+
+
+def cached_tokens(cached: Sequence[Tensor], device: torch.device) -> Tokens | None:
     """Tokens of a target-cache batch (ids back to long, features to float32), else None."""
     if not cached:
         return None
@@ -104,7 +132,7 @@ def cached_tokens(cached: list[Tensor], device: torch.device) -> Tokens | None:
     return Tokens(tokens, cls.to(device).float() if cls.numel() else None)
 
 
-def _configure_backends(config: TrainConfig, device: torch.device) -> None:
+def configure_backends(config: TrainConfig, device: torch.device) -> None:
     if config.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
     if device.type == "cuda":
@@ -118,18 +146,20 @@ def _configure_backends(config: TrainConfig, device: torch.device) -> None:
 class Trainer:
     """The state of a run and the step that advances it."""
 
-    blueprint: Blueprint
+    job: Job
     out_dir: Path
     ranks: Ranks
     device: torch.device
-    model: torch.nn.Module  # the ARModel (parameters shared with ``step_module``)
+    model: torch.nn.Module  # what is trained (parameters shared with ``step_module``)
     step_module: torch.nn.Module  # what the step calls: model, DDP, FSDP or compiled
+    inputs: Inputs  # batch -> step_module keyword arguments
     optimizer: torch.optim.Optimizer
     scheduler: CosineLRScheduler
     scaler: torch.amp.GradScaler
     ema: ModelEmaV3 | None
+    ema_source: torch.nn.Module  # the part of the model the EMA follows
     batches: Any
-    plan_generator: torch.Generator
+    generator: torch.Generator  # the step's own draws (segment orders), checkpointed
     micro_batch: int
     accumulation: int
     total_steps: int
@@ -138,7 +168,7 @@ class Trainer:
 
     @property
     def config(self) -> TrainConfig:
-        return self.blueprint.recipe.train
+        return self.job.train
 
     # -- one optimiser step ------------------------------------------------------------------
 
@@ -149,16 +179,14 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         for index in range(self.accumulation):
             tick = time.perf_counter()
-            images, _labels, *cached = next(self.batches)
-            images = images.to(self.device, non_blocking=True)
-            tokens = cached_tokens(cached, self.device)
+            inputs = self.inputs(next(self.batches), self.device, self.generator)
             waited += time.perf_counter() - tick
             last = index == self.accumulation - 1
             sync = contextlib.nullcontext() if last or not hasattr(self.step_module, "no_sync") \
                 else self.step_module.no_sync()
             with sync, torch.autocast(self.device.type, dtype=dtype or torch.float32,
                                       enabled=dtype is not None):
-                output = self.step_module(images, tokens=tokens, generator=self.plan_generator)
+                output = self.step_module(**inputs)
                 self.scaler.scale(output.loss / self.accumulation).backward()
             loss_sum += output.loss.item() / self.accumulation
             for key, value in output.parts.items():
@@ -173,12 +201,13 @@ class Trainer:
         else:
             self.scaler.step(self.optimizer)
             if self.ema is not None:
-                self.ema.update(self.model.encoder, step=self.step + 1)
+                self.ema.update(self.ema_source, step=self.step + 1)
         self.scaler.update()
         self.step += 1
         self.scheduler.step_update(self.step)
         seconds = time.perf_counter() - started
-        return {**metrics, "lr": self.optimizer.param_groups[0]["lr"], "step_time": seconds,
+        lr = max(group["lr"] for group in self.optimizer.param_groups)  # the unscaled lr (layer decay)
+        return {**metrics, "lr": lr, "step_time": seconds,
                 "data_time": waited,
                 "images_per_s": self.config.batch_size / seconds}
 
@@ -202,9 +231,9 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
             "ema": self.ema.module.state_dict() if self.ema is not None else None,
             "step": self.step, "skipped": self.skipped,
-            "rng": rng_state({"plan": self.plan_generator}),
+            "rng": rng_state({"plan": self.generator}),
             "data": self.batches.state_dict(),
-            "recipe": recipe_to_dict(self.blueprint.recipe, self.blueprint.plugins),
+            "recipe": self.job.recipe, "kind": self.job.kind,
             "world": self.ranks.world,
         }
 
@@ -220,6 +249,9 @@ class Trainer:
 
     def load(self, path: Path) -> None:
         state = load_checkpoint(path)
+        if state.get("kind", "pretrain") != self.job.kind:
+            raise CheckpointError(f"{path}: a {state.get('kind', 'pretrain')} checkpoint; this is "
+                                  f"a {self.job.kind} run (pass another --out)")
         if state.get("world", 1) != self.ranks.world:
             raise CheckpointError(f"{path}: written by {state.get('world', 1)} processes; resume "
                                   f"with the same number (this run has {self.ranks.world})")
@@ -230,7 +262,7 @@ class Trainer:
         if self.ema is not None and state.get("ema") is not None:
             self.ema.module.load_state_dict(state["ema"])
         self.step, self.skipped = state["step"], state["skipped"]
-        restore_rng_state(own["rng"], {"plan": self.plan_generator})
+        restore_rng_state(own["rng"], {"plan": self.generator})
         self.batches.load_state_dict(own["data"])
 
 
@@ -245,9 +277,10 @@ def compile_blocks(model: torch.nn.Module) -> None:
 
 
 def build_trainer(recipe: Recipe, out_dir: Path, source: str, plugins: Plugins | None) -> Trainer:
+    """The pretraining Trainer: the recipe's ARModel on its data (or its target cache)."""
     config = recipe.train
     ranks, device = setup(config.device)
-    _configure_backends(config, device)
+    configure_backends(config, device)
     seed_everything(config.seed)
     blueprint = resolve(recipe, source, plugins)
     micro, accumulation = micro_batching(config, ranks.world, source)
@@ -258,26 +291,44 @@ def build_trainer(recipe: Recipe, out_dir: Path, source: str, plugins: Plugins |
         cache.check(recipe, blueprint.image.size, blueprint.plugins)
     batches = build_batches(dataset, recipe.data, micro, blueprint.image.size, config.seed,
                             ranks.rank, ranks.world, cache)
-    steps_per_epoch = len(batches.loader) // accumulation
-    if steps_per_epoch == 0:
-        raise RecipeError(f"{source}: train.batch_size: {config.batch_size} is larger than the data "
-                          f"set ({len(dataset)} images)")
-    total = config.steps or max(1, math.ceil(config.epochs * steps_per_epoch))
     model = build_model(blueprint, with_tokenizer=cache is None).to(device)
     model.encoder.grad_checkpointing = config.activation_checkpointing
-    ema = ModelEmaV3(model.encoder, decay=config.ema) if config.ema else None
-    step_module = wrap(model, config.strategy, ranks, device)
-    optimizer = make_optimizer(model, config, device)
+    job = Job(config, recipe_to_dict(recipe, blueprint.plugins), source)
+    frozen = set(model.tokenizer.parameters()) if model.tokenizer is not None else set()
+    return assemble_trainer(job, out_dir, ranks, device, model, batches, pretrain_inputs,
+                            ema_source=model.encoder, shard_units=model.encoder.vit.blocks,
+                            frozen=frozen, accumulation=accumulation, micro_batch=micro)
+
+
+def assemble_trainer(job: Job, out_dir: Path, ranks: Ranks, device: torch.device,
+                     model: nn.Module, batches: Any, inputs: Inputs, *, ema_source: nn.Module,
+                     shard_units: Sequence[nn.Module], frozen: set[nn.Parameter] = frozenset(),
+                     accumulation: int, micro_batch: int,
+                     param_groups: ParamGroups = param_groups_weight_decay) -> Trainer:
+    """Everything around a model that trains it: schedule length, EMA, DDP/FSDP, AdamW, compile.
+
+    ``model`` is on ``device``; ``batches`` yield micro-batches of ``micro_batch`` images;
+    ``shard_units`` are the blocks FSDP shards one by one; ``frozen`` parameters stay unsharded.
+    """
+    config = job.train
+    steps_per_epoch = len(batches.loader) // accumulation
+    if steps_per_epoch == 0:
+        raise RecipeError(f"{job.source}: train.batch_size: {config.batch_size} is larger than the "
+                          f"data set ({len(batches.loader.dataset)} images)")
+    total = config.steps or max(1, math.ceil(config.epochs * steps_per_epoch))
+    ema = ModelEmaV3(ema_source, decay=config.ema) if config.ema else None
+    step_module = wrap(model, config.strategy, ranks, device, shard_units, frozen)
+    optimizer = make_optimizer(model, config, device, param_groups)
     if config.compile:
         compile_blocks(model)
     return Trainer(
-        blueprint=blueprint, out_dir=out_dir, ranks=ranks, device=device, model=model,
-        step_module=step_module, optimizer=optimizer,
+        job=job, out_dir=out_dir, ranks=ranks, device=device, model=model,
+        step_module=step_module, inputs=inputs, optimizer=optimizer,
         scheduler=make_scheduler(optimizer, config, total, steps_per_epoch),
         scaler=torch.amp.GradScaler(device.type, enabled=config.precision == "fp16"), ema=ema,
-        batches=batches,
-        plan_generator=torch.Generator(device).manual_seed(config.seed + 7919 * ranks.rank),
-        micro_batch=micro, accumulation=accumulation, total_steps=total,
+        ema_source=ema_source, batches=batches,
+        generator=torch.Generator(device).manual_seed(config.seed + 7919 * ranks.rank),
+        micro_batch=micro_batch, accumulation=accumulation, total_steps=total,
     )
 
 
@@ -299,13 +350,13 @@ def _flat(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def _check_same_run(trainer: Trainer, path: Path) -> None:
     saved = _flat(load_checkpoint(path)["recipe"])
-    current = _flat(recipe_to_dict(trainer.blueprint.recipe, trainer.blueprint.plugins))
+    current = _flat(trainer.job.recipe)
     for key in sorted(set(saved) | set(current)):
         resumable = any(key == allowed or (allowed.endswith(".") and key.startswith(allowed))
                         for allowed in RESUMABLE_CHANGES)
         if not resumable and saved.get(key) != current.get(key):
             raise RecipeError(
-                f"{trainer.blueprint.source}: {key}: {current.get(key)!r} differs from the run being "
+                f"{trainer.job.source}: {key}: {current.get(key)!r} differs from the run being "
                 f"resumed in {trainer.out_dir} ({saved.get(key)!r}); pass another --out")
 
 
@@ -320,8 +371,13 @@ def _link_final(step_file: Path, final: Path) -> None:
 def train(recipe: Recipe, out_dir: Path, source: str = "recipe",
           plugins: Plugins | None = None) -> TrainResult:
     """Pretrain as the recipe says, resuming from the newest checkpoint in ``out_dir`` if any."""
-    trainer = build_trainer(recipe, out_dir, source, plugins)
-    config, ranks, directory = trainer.config, trainer.ranks, out_dir / "checkpoints"
+    return fit(build_trainer(recipe, out_dir, source, plugins))
+
+
+def fit(trainer: Trainer) -> TrainResult:
+    """Run ``trainer`` to its last step, resuming from the newest checkpoint in its ``out_dir``."""
+    config, ranks, out_dir = trainer.config, trainer.ranks, trainer.out_dir
+    directory = out_dir / "checkpoints"
     saved = saved_steps(directory)
     if saved:
         _check_same_run(trainer, saved[-1])
@@ -330,7 +386,7 @@ def train(recipe: Recipe, out_dir: Path, source: str = "recipe",
             print(f"arvision: resuming {out_dir} from step {trainer.step}")
     elif ranks.main:
         out_dir.mkdir(parents=True, exist_ok=True)
-        save_recipe(recipe, out_dir / "recipe.toml", trainer.blueprint.plugins)
+        (out_dir / "recipe.toml").write_text(tomli_w.dumps(trainer.job.recipe))
     log = MetricLog(out_dir, trainer.total_steps) if ranks.main else None
     losses = []
     try:

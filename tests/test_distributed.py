@@ -90,3 +90,25 @@ def test_resuming_with_another_number_of_ranks_is_refused(tmp_path):
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 2
     assert "written by 2 processes; resume with the same number" in done.stderr
+
+
+def finetune_recipe(tmp_path, strategy: str) -> str:
+    """Fine-tuning from scratch without mixup or drop path, so both runs see the same batches."""
+    data = tiny_data(train={"batch_size": 16, "steps": 4, "base_lr": 0.01, "log_every": 1,
+                            "warmup_steps": 1, "strategy": strategy})
+    for key in ("tokenizer", "ordering", "decoders", "target"):
+        del data[key]
+    data["finetune"] = {"mixup": 0.0, "cutmix": 0.0, "layer_decay": 0.75}
+    path = tmp_path / "finetune.toml"
+    path.write_text(tomli_w.dumps(data))
+    return str(path)
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_finetuning_on_two_ranks_matches_one_rank(tmp_path, strategy):
+    path = finetune_recipe(tmp_path, strategy)
+    run(path, tmp_path / "one", 1)
+    two = run(path, tmp_path / "two", 2)
+    assert two.stdout.count("fine-tuned (scratch): top-1") == 1  # rank 0 scores and reports
+    assert losses(tmp_path / "two") == pytest.approx(losses(tmp_path / "one"), rel=1e-4)
+    assert (tmp_path / "two" / "classifier_timm.pt").is_file()

@@ -1,4 +1,4 @@
-"""``arvision eval linear|knn|attentive CKPT``: probe a pretrained encoder on frozen features."""
+"""``arvision eval linear|knn|attentive|finetune CKPT``: evaluate a pretrained encoder."""
 
 import json
 import sys
@@ -7,15 +7,18 @@ from typing import Any
 
 import typer
 
+from .options import Overrides
+
 __all__ = ["eval_app"]
 
-HELP = """Probe a checkpoint's frozen encoder: linear probe, k-NN, attentive probe.
+HELP = """Evaluate a checkpoint's encoder: linear probe, k-NN, attentive probe, full fine-tuning.
 
-Features are the average-pooled, layer-normed patch tokens of the chosen blocks (default: the middle
-block), computed with full bidirectional attention (no causal mask) on the recipe's data
-(data.split to train, data.eval_split to score), plainly resized. They are cached under
-RUN_DIR/features/, so a second probe reuses them. Results (accuracies in percent) are merged into
-RUN_DIR/eval.json, where RUN_DIR is the checkpoint's directory."""
+The probes read frozen features: the average-pooled, layer-normed patch tokens of the chosen
+blocks (default: the middle block), computed with full bidirectional attention (no causal mask) on
+the recipe's data (data.split to train, data.eval_split to score), plainly resized. They are
+cached under RUN_DIR/features/, so a second probe reuses them. `finetune` trains the whole encoder
+as a classifier. Results (accuracies in percent) are merged into RUN_DIR/eval.json, where RUN_DIR
+is the checkpoint's directory."""
 
 Checkpoint = typer.Argument(..., help="A checkpoint written by `arvision run` (OUT/checkpoint.pt).",
                             show_default=False, metavar="CKPT")
@@ -131,9 +134,46 @@ def attentive(checkpoint: Path = Checkpoint, blocks: str | None = Blocks,
          as_json, attentive_epochs=epochs, attentive_lr=lr)
 
 
+def finetune(checkpoint: Path = Checkpoint,
+             recipe: Path | None = typer.Option(
+                 None, "--recipe", "-r", help="A fine-tuning recipe (with a [finetune] table); its "
+                 "finetune.checkpoint becomes CKPT. Default: the checkpoint's encoder and data with "
+                 "the paper's protocol.", show_default=False),
+             overrides: list[str] = Overrides,
+             out: Path | None = typer.Option(
+                 None, "--out", "-o", help="Fine-tuning run directory (default: "
+                 "CKPT_DIR/finetune)."),
+             as_json: bool = AsJson) -> None:
+    """Full fine-tuning: the encoder as a timm classifier on the recipe's labelled data.
+
+    Layer-wise lr decay, mixup / cutmix, RandAugment, random erasing, label smoothing, drop path,
+    average pool + fc_norm (D-iGPT / BEiT protocol), on the training engine (resume, torchrun,
+    bf16). Without --recipe: 100 epochs, warmup 5, blr 1e-4 x batch / 256, batch 1024, layer decay
+    0.65 (shorten with --set train.epochs=N). Top-1 / top-5 on data.eval_split go to OUT/eval.json
+    and, under 'finetune', to CKPT_DIR/eval.json; the classifier to OUT/classifier_timm.pt.
+    """
+    from ..evaluate.runner import write_results
+    from ..finetune import finetune as run_finetune  # heavy imports only when a command runs
+    from ..finetune import finetune_tables, structure_finetune_recipe
+    from .run import report_finetune
+
+    tables = finetune_tables(checkpoint, recipe, overrides)
+    source = str(recipe or checkpoint)
+    loaded = structure_finetune_recipe(tables, source)
+    result = run_finetune(loaded, out or checkpoint.parent / "finetune", source)
+    if result.scores is None:
+        return
+    write_results(checkpoint.parent / "eval.json", {"finetune": result.scores}, random_init=False)
+    if as_json:
+        typer.echo(json.dumps(result.scores, indent=2))
+    else:
+        report_finetune(result)
+
+
 def eval_app() -> typer.Typer:
     app = typer.Typer(help=HELP, no_args_is_help=True)
     app.command("linear")(linear)
     app.command("knn")(knn)
     app.command("attentive")(attentive)
+    app.command("finetune")(finetune)
     return app

@@ -1,4 +1,4 @@
-"""``arvision run``: pretrain from a recipe."""
+"""``arvision run``: pretrain or fine-tune from a recipe."""
 
 from pathlib import Path
 
@@ -16,32 +16,65 @@ def run(
         False, "--resume", help="Require a checkpoint in the output directory to continue from "
         "(a run continues from its newest checkpoint anyway)."),
 ) -> None:
-    """Pretrain as RECIPE says; under torchrun, on every process it starts.
+    """Pretrain (or fine-tune) as RECIPE says; under torchrun, on every process it starts.
 
     Writes the resolved recipe (recipe.toml), metrics.jsonl, TensorBoard curves, step checkpoints
     (checkpoints/) and checkpoint.pt to the output directory. Run it again with the same output
-    directory and it continues exactly where the newest checkpoint left off.
+    directory and it continues exactly where the newest checkpoint left off. A recipe with a
+    [finetune] table fine-tunes a classifier instead, scores it on data.eval_split and writes
+    eval.json and classifier_timm.pt (docs/evaluation.md).
     """
     from ..checkpoint import saved_steps
     from ..errors import CheckpointError
-    from ..recipe import load_recipe  # heavy imports (torch, timm) only when a command runs
-    from ..train import train
+    from ..finetune.recipe import is_finetune, structure_finetune_recipe
+    from ..recipe import read_recipe_data, structure_recipe  # heavy imports only when run
 
-    loaded = load_recipe(recipe, overrides)
+    data = read_recipe_data(recipe, overrides)
+    finetuning = is_finetune(data)
+    loaded = structure_finetune_recipe(data, str(recipe)) if finetuning else \
+        structure_recipe(data, str(recipe))
     out_dir = out or Path(loaded.run.out_dir or Path("runs") / loaded.run.name)
     if resume and not saved_steps(out_dir / "checkpoints"):
         raise CheckpointError(f"{out_dir}: no checkpoint to resume from (checkpoints/step_*.pt)")
+    if finetuning:
+        from ..finetune.run import finetune
+
+        report_finetune(finetune(loaded, out_dir, source=str(recipe)))
+        return
+    from ..train import train
+
     result = train(loaded, out_dir, source=str(recipe))
     if not result.main:
         return
-    if not result.losses:
-        typer.echo(f"{out_dir} already finished {result.steps} steps; checkpoint {result.checkpoint}")
-    else:
-        first, last = result.losses[0], sum(result.losses[-10:]) / len(result.losses[-10:])
-        typer.echo(f"trained to step {result.steps}: loss {first:.4f} -> {last:.4f} "
-                   f"(mean of the last 10); checkpoint {result.checkpoint}")
+    report_training(result)
     if loaded.eval is not None:
         from ..evaluate.report import evaluate_run, print_comparison
 
         print_comparison(evaluate_run(result.checkpoint, loaded.eval))
         typer.echo(f"results: {result.checkpoint.parent / 'results.json'}")
+
+
+def report_training(result) -> None:
+    """One line: how far the run got and how its loss moved."""
+    if not result.losses:
+        typer.echo(f"{result.out_dir} already finished {result.steps} steps; checkpoint "
+                   f"{result.checkpoint}")
+    else:
+        first, last = result.losses[0], sum(result.losses[-10:]) / len(result.losses[-10:])
+        typer.echo(f"trained to step {result.steps}: loss {first:.4f} -> {last:.4f} "
+                   f"(mean of the last 10); checkpoint {result.checkpoint}")
+
+
+def report_finetune(result) -> None:
+    """The training line, then the scores of the fine-tuned classifier (rank 0)."""
+    if result.scores is None:
+        return
+    report_training(result.train)
+    scores = result.scores
+    top5 = f", top-5 {scores['top5']:.2f}" if "top5" in scores else ""
+    typer.echo(f"fine-tuned ({scores['init']}): top-1 {scores['top1']:.2f}{top5} on "
+               f"{scores['eval_images']} {scores['eval_split']} images")
+    if "ema" in scores:
+        typer.echo(f"EMA weights: top-1 {scores['ema']['top1']:.2f}")
+    typer.echo(f"results: {result.train.out_dir / 'eval.json'}; timm classifier: "
+               f"{scores['classifier']}")

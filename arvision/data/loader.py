@@ -17,7 +17,7 @@ from .synthetic import SyntheticImages
 from .target_cache import CachedViews, TargetCache
 from .views import ViewAugment
 
-__all__ = ["Transformed", "build_batches", "build_dataset", "build_loader"]
+__all__ = ["Transformed", "build_batches", "build_dataset", "build_loader", "keyed_batches"]
 
 # torchdata 0.11 calls a deprecated torch API on every loader; the warning is not actionable here.
 warnings.filterwarnings("ignore", message="'set_vital' is deprecated", category=UserWarning)
@@ -70,10 +70,17 @@ def build_batches(dataset: Dataset, config: DataConfig, batch_size: int, size: i
     The state (``Batches.state_dict``) holds the epoch and torchdata's loader state, so a resumed
     run continues mid-epoch, with workers too.
     """
-    sampler = EpochSampler(len(dataset), seed, rank, world)
     augment = ViewAugment(config, size)
     items = Augmented(dataset, augment, seed) if cache is None else \
         CachedViews(dataset, augment, cache, seed)
+    return keyed_batches(items, config, batch_size, seed, rank, world)
+
+
+def keyed_batches(items: Dataset, config: DataConfig, batch_size: int, seed: int, rank: int = 0,
+                  world: int = 1) -> Batches:
+    """Endless batches of ``items`` (a dataset indexed by ``(epoch, index)`` keys), sharded over
+    ranks, each epoch a seeded permutation; resumable mid-epoch through ``Batches.state_dict``."""
+    sampler = EpochSampler(len(items), seed, rank, world)
     loader = StatefulDataLoader(
         items, batch_size=batch_size,
         sampler=sampler, drop_last=True, num_workers=config.num_workers,
