@@ -8,8 +8,17 @@ from typing import Any
 
 import attrs
 
+from .finetune.recipe import FinetuneConfig
 from .plugins import Plugins, load_plugins
-from .recipe import DataConfig, DecoderTable, EncoderConfig, RunConfig, SyntheticConfig, TrainConfig
+from .recipe import (
+    DataConfig,
+    DecoderTable,
+    EncoderConfig,
+    EvalConfig,
+    RunConfig,
+    SyntheticConfig,
+    TrainConfig,
+)
 from .registry import KINDS
 
 __all__ = ["recipe_reference"]
@@ -23,8 +32,12 @@ any key (TOML value syntax; list items by index, e.g. `decoders.0.weight=0.5`). 
 values of the wrong type are errors.
 """
 
+FINETUNE = """A recipe with a `[finetune]` table is a fine-tuning recipe: it has `[run]`, `[data]`,
+`[encoder]` and `[train]` like a pretraining recipe and no component tables; `arvision run`
+fine-tunes the encoder as a timm classifier (docs/evaluation.md)."""
+
 SECTIONS = (("run", RunConfig), ("data", DataConfig), ("data.synthetic", SyntheticConfig),
-            ("encoder", EncoderConfig), ("train", TrainConfig))
+            ("encoder", EncoderConfig), ("train", TrainConfig), ("eval", EvalConfig))
 
 
 def _type(tp: Any) -> str:
@@ -61,6 +74,7 @@ def recipe_reference(plugins: Plugins | None = None) -> str:
     lines = [HEADER]
     for name, cls in SECTIONS:
         lines += [f"## `[{name}]`", "", (cls.__doc__ or "").strip(), "", *_table(cls), ""]
+    lines += ["## `[finetune]`", "", FINETUNE, "", *_table(FinetuneConfig), ""]
     lines += ["## Component tables", "",
               "`[tokenizer]`, `[ordering]`, `[target]` and each `[[decoders]]` entry take `name` "
               "(a registered component) plus that component's own keys. Every `[[decoders]]` entry "

@@ -10,8 +10,10 @@ from conftest import REPO, run_cli
 
 # command -> words its help must show (a description and its main options)
 HELP = {
-    ("run",): ["Pretrain as RECIPE says", "resolved recipe", "RECIPE", "--set", "--out"],
-    ("check",): ["Validate RECIPE", "meta device", "FLOPs", "--set", "--json"],
+    ("run",): ["Pretrain (or fine-tune) as RECIPE says", "resolved recipe", "[finetune] table",
+               "RECIPE", "--set", "--out"],
+    ("check",): ["Validate RECIPE", "meta device", "FLOPs", "fine-tuning", "--set", "--json"],
+    ("eval", "finetune"): ["Full fine-tuning", "Layer-wise lr decay", "--recipe", "--set", "--out"],
     ("plugins",): ["List every plugin", "ARVISION_DISABLE_PLUGIN_AUTOLOAD", "ARVISION_BLOCK_PLUGINS",
                    "--json"],
     ("tokenizer", "fit-palette"): ["k-means colour palette", "--source", "--colors", "--size",

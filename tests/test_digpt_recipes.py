@@ -65,3 +65,30 @@ def test_segments_that_do_not_divide_a_grid_are_a_recipe_error(rows, message):
 
     with pytest.raises(RecipeError, match=message):
         summary_of("digpt_clip_vitb", f"ordering.rows={rows}", f"ordering.cols={rows}")
+
+
+@pytest.mark.parametrize(("name", "pretraining", "depth", "epochs", "layer_decay", "drop_path"), [
+    ("finetune_digpt_clip_vitb", "digpt_clip_vitb", 12, 100, 0.65, 0.1),
+    ("finetune_digpt_clip_vitl", "digpt_clip_vitl", 24, 50, 0.75, 0.2)])
+def test_finetune_recipes_follow_the_protocol_and_fit_their_pretraining(
+        capsys, name, pretraining, depth, epochs, layer_decay, drop_path):
+    from arvision.finetune import load_finetune_recipe
+    from arvision.finetune.model import check_same_encoder
+
+    path = REPO / "recipes" / f"{name}.toml"
+    recipe = load_finetune_recipe(path)
+    tune, train = recipe.finetune, recipe.train
+    assert tune.checkpoint == f"runs/{pretraining}/checkpoint.pt"
+    assert (tune.layer_decay, recipe.encoder.drop_path, train.epochs) == (layer_decay, drop_path,
+                                                                          epochs)
+    assert (tune.mixup, tune.cutmix, tune.label_smoothing, tune.reprob) == (0.8, 1.0, 0.1, 0.25)
+    assert tune.auto_augment == "rand-m9-mstd0.5-inc1" and tune.global_pool == "avg"
+    assert (train.warmup_epochs, train.base_lr, train.weight_decay) == (5, 1e-4, 0.05)
+    pretrain = load_recipe(REPO / "recipes" / f"{pretraining}.toml")
+    check_same_encoder(recipe, pretrain, path, str(path))  # raises on any differing key
+    with pytest.raises(SystemExit) as exit_info:
+        main(["check", str(path), "--json"])
+    assert exit_info.value.code == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["encoder"]["depth"] == depth and summary["num_classes"] == 1000
+    assert summary["encoder"]["img_size"] == 224 and summary["pool"] == "avg"

@@ -26,13 +26,20 @@ def check(
 
     Shows the token geometry (student grid, tokenizer grid, segments, encoder sequence, targets per
     decoder), parameter counts, FLOPs per image and the optimiser state size. The model is built
-    on the meta device: no weights are downloaded and no memory is allocated.
+    on the meta device: no weights are downloaded and no memory is allocated. For a fine-tuning
+    recipe ([finetune] table): the classifier, where it starts from, layer decay, augmentation and
+    schedule.
     """
     from ..build import resolve  # heavy imports (torch, timm) only when a command runs
-    from ..recipe import load_recipe
+    from ..finetune.recipe import is_finetune
+    from ..recipe import read_recipe_data, structure_recipe
     from ..summary import summarize
 
-    summary = summarize(resolve(load_recipe(recipe, overrides), str(recipe)))
+    data = read_recipe_data(recipe, overrides)
+    if is_finetune(data):
+        check_finetune(recipe, data, as_json)
+        return
+    summary = summarize(resolve(structure_recipe(data, str(recipe)), str(recipe)))
     if as_json:
         typer.echo(json.dumps(summary, indent=2))
         return
@@ -61,4 +68,26 @@ def check(
                   f"{_si(flops['train_step'])} (student; tokenizer not counted)")
     table.add_row("train state", f"{_si(summary['train_state_bytes'], 'B')} (fp32 weights, grads, "
                   "AdamW moments)")
+    Console().print(table)
+
+
+def check_finetune(recipe: Path, data: dict, as_json: bool) -> None:
+    """Validate a fine-tuning recipe and print the classifier it trains."""
+    from ..finetune.recipe import structure_finetune_recipe
+    from ..finetune.summary import summarize_finetune
+
+    summary = summarize_finetune(structure_finetune_recipe(data, str(recipe)), str(recipe))
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2))
+        return
+    table = Table(title=f"{recipe}: OK (fine-tuning)", show_header=False, title_justify="left")
+    enc = summary["encoder"]
+    table.add_row("classifier", f"{enc['name']}: {enc['depth']} blocks x {enc['dim']}, "
+                  f"{enc['img_size']} px, patch {enc['patch_size']}, pool {summary['pool']}, "
+                  f"{summary['num_classes']} classes, drop path {summary['drop_path']}")
+    table.add_row("starts from", summary["starts_from"])
+    table.add_row("layer decay", summary["layer_decay"])
+    table.add_row("augmentation", summary["augmentation"])
+    table.add_row("parameters", _si(summary["parameters"]))
+    table.add_row("schedule", summary["schedule"])
     Console().print(table)

@@ -25,7 +25,7 @@ from ..recipe import structure_recipe
 from ..vit import create_vit
 from .recipe import FinetuneRecipe
 
-__all__ = ["Classifier", "create_classifier", "load_pretrained_encoder"]
+__all__ = ["Classifier", "check_same_encoder", "create_classifier", "load_pretrained_encoder"]
 
 #: Encoder settings that must agree between a pretraining checkpoint and its fine-tuning recipe
 #: (img_size may differ: the position embedding is resampled).
@@ -72,7 +72,7 @@ def _encoder_state(path: Path, state: dict[str, Any], weights: str) -> dict[str,
             if key.startswith("encoder.vit.")}
 
 
-def _check_same_encoder(recipe: FinetuneRecipe, pretrain_recipe: Any, path: Path,
+def check_same_encoder(recipe: FinetuneRecipe, pretrain_recipe: Any, path: Path,
                         source: str) -> None:
     ours, theirs = timm_arguments(recipe), timm_arguments(pretrain_recipe)
     differing = [(key, ours.get(key), theirs.get(key)) for key in SHAPE_KEYS
@@ -102,7 +102,7 @@ def load_pretrained_encoder(vit: VisionTransformer, recipe: FinetuneRecipe, sour
         raise CheckpointError(f"{path}: not a pretraining checkpoint (fine-tune the checkpoint of "
                               "an `arvision run` pretraining)")
     pretrain_recipe = structure_recipe(state["recipe"], f"{path} (its recipe)", plugins)
-    _check_same_encoder(recipe, pretrain_recipe, path, source)
+    check_same_encoder(recipe, pretrain_recipe, path, source)
     weights = _encoder_state(path, state, recipe.finetune.weights)
     if vit.global_pool == "avg":
         weights = {key: value for key, value in weights.items() if not key.startswith("norm.")}

@@ -1,0 +1,48 @@
+"""What a fine-tuning recipe builds, for ``arvision check``: built on the meta device, no data read
+unless the number of classes has to be counted."""
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..data.loader import build_dataset
+from .data import count_classes
+from .model import create_classifier
+from .recipe import FinetuneRecipe
+
+__all__ = ["summarize_finetune"]
+
+
+def summarize_finetune(recipe: FinetuneRecipe, source: str) -> dict[str, Any]:
+    tune, train = recipe.finetune, recipe.train
+    classes = tune.num_classes or count_classes(build_dataset(recipe.data), recipe.data, source)
+    with torch.device("meta"):
+        vit = create_classifier(recipe, classes)
+    depth = len(vit.blocks)
+    checkpoint = tune.checkpoint
+    if checkpoint is None:
+        starts = "random init (supervised training from scratch)"
+    else:
+        found = "" if Path(checkpoint).is_file() else " (not found yet)"
+        starts = f"{checkpoint}{found}, its {tune.weights} weights"
+    decay = "none" if tune.layer_decay is None else \
+        f"{tune.layer_decay}: lr x {tune.layer_decay ** (depth + 1):.3g} (embedding) .. x 1 (head)"
+    mixing = f"mixup {tune.mixup}, cutmix {tune.cutmix}" if tune.mixup or tune.cutmix else "no mixing"
+    crop = recipe.data.crop_scale
+    augmentation = (f"crop scale {list(crop) if crop else 'none'}, flip {recipe.data.flip}, "
+                    f"{tune.auto_augment}, erasing {tune.reprob}, {mixing}, label smoothing "
+                    f"{tune.label_smoothing}")
+    length = f"{train.steps} steps" if train.steps else f"{train.epochs:g} epochs"
+    warmup = f"{train.warmup_epochs:g} epochs" if train.warmup_epochs is not None else \
+        f"{train.warmup_steps} steps"
+    schedule = (f"{length}, batch {train.batch_size}, lr {train.base_lr:g} x batch / 256, warmup "
+                f"{warmup}, wd {train.weight_decay:g}, EMA {train.ema or 'off'}, {train.precision}")
+    return {
+        "encoder": {"name": recipe.encoder.name, "depth": depth, "dim": vit.embed_dim,
+                    "img_size": vit.patch_embed.img_size[0],
+                    "patch_size": vit.patch_embed.patch_size[0]},
+        "pool": tune.global_pool, "num_classes": classes, "drop_path": recipe.encoder.drop_path,
+        "starts_from": starts, "layer_decay": decay, "augmentation": augmentation,
+        "parameters": sum(p.numel() for p in vit.parameters()), "schedule": schedule,
+    }
