@@ -209,3 +209,10 @@ def test_finetuning_a_finetune_checkpoint_is_refused(tmp_path, capsys):
     result = finetune(recipe_for(None, "train.steps=2"), tmp_path / "tuned", "scratch.toml")
     code, _out, err = run_cli(capsys, "eval", "finetune", result.train.checkpoint)
     assert code == 2 and "not a pretraining checkpoint" in err
+
+
+def test_data_workers_render_the_same_batches(pretrained, tmp_path):
+    inline = finetune(recipe_for(pretrained, "train.steps=2"), tmp_path / "inline", "ft.toml")
+    workers = finetune(recipe_for(pretrained, "train.steps=2", "data.num_workers=2"),
+                       tmp_path / "workers", "ft.toml")
+    assert workers.train.losses == inline.train.losses
