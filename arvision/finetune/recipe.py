@@ -21,6 +21,8 @@ from ..recipe import (
     TrainConfig,
     apply_override,
     drop_none,
+    non_negative,
+    positive,
     read_recipe_data,
     read_toml,
     structure_config,
@@ -31,8 +33,6 @@ __all__ = ["PAPER_FINETUNE_TRAIN", "FinetuneConfig", "FinetuneRecipe", "derive_f
            "finetune_tables", "finetune_to_dict", "is_finetune", "load_finetune_recipe",
            "structure_finetune_recipe"]
 
-positive = check(lambda v: v > 0, "a number > 0")
-non_negative = check(lambda v: v >= 0, "a number >= 0")
 probability = check(lambda v: 0 <= v <= 1, "a number in [0, 1]")
 
 
