@@ -276,6 +276,9 @@ def test_cli_set_changes_what_check_builds(tmp_path, capsys):
 @pytest.mark.parametrize("path", sorted((REPO / "recipes").glob("*.toml")), ids=lambda p: p.name)
 def test_saved_recipe_loads_back_equal(tmp_path, monkeypatch, plugins, path):
     monkeypatch.chdir(REPO)
+    if "[finetune]" in path.read_text():
+        saved_finetune_recipe_loads_back_equal(tmp_path, path.relative_to(REPO))
+        return
     recipe = load_recipe(path.relative_to(REPO), plugins=plugins)
     saved = tmp_path / "recipe.toml"
     save_recipe(recipe, saved, plugins)
@@ -328,3 +331,14 @@ def test_component_configs_are_frozen_instances_of_the_registered_class(plugins)
         recipe.train.base_lr = 1.0
     with pytest.raises(attrs.exceptions.FrozenInstanceError):
         recipe.tokenizer = None
+
+
+def saved_finetune_recipe_loads_back_equal(tmp_path, path):
+    import tomli_w
+
+    from arvision.finetune import finetune_to_dict, load_finetune_recipe
+
+    recipe = load_finetune_recipe(path)
+    saved = tmp_path / "recipe.toml"
+    saved.write_text(tomli_w.dumps(finetune_to_dict(recipe)))
+    assert load_finetune_recipe(saved) == recipe
