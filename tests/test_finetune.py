@@ -1,5 +1,6 @@
 """Full fine-tuning: the classifier, its data and mixing, the engine (resume), the CLI."""
 
+import copy
 import json
 import random
 import shutil
@@ -42,8 +43,9 @@ def recipe_for(checkpoint: Path | None, *sets: str):
 def scratch_tables(*sets: str) -> dict:
     from arvision.recipe import apply_override
 
-    tables = {"finetune": {}, "run": {"name": "scratch"}, "data": dict(TINY["data"], flip=True),
-              "encoder": dict(TINY["encoder"], drop_path=0.1), "train": {}}
+    tables = copy.deepcopy({"finetune": {}, "run": {"name": "scratch"}, "train": {},
+                            "data": {**TINY["data"], "flip": True},
+                            "encoder": {**TINY["encoder"], "drop_path": 0.1}})
     for assignment in [*SETS, *sets]:
         apply_override(tables, assignment)
     return tables
