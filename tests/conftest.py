@@ -44,6 +44,17 @@ def tiny_recipe(**sections: dict[str, Any]) -> Recipe:
     return structure_recipe(tiny_data(**sections), "tiny.toml", load_plugins())
 
 
+FMNIST = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
+
+
+def require_fashion_mnist() -> None:
+    """Skip without the Fashion-MNIST files, but fail under CI, whose script installs them."""
+    if not FMNIST.exists():
+        if os.environ.get("CI"):
+            pytest.fail("Fashion-MNIST is missing: .ci/run must apt-get install dataset-fashion-mnist")
+        pytest.skip("Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
+
+
 @pytest.fixture
 def plugins():
     return load_plugins()

@@ -2,8 +2,6 @@
 
 import json
 import math
-import os
-from pathlib import Path
 
 import pytest
 import torch
@@ -13,9 +11,7 @@ from arvision.checkpoint import load_checkpoint, save_checkpoint
 from arvision.errors import CheckpointError
 from arvision.recipe import load_recipe, structure_recipe
 from arvision.train import DivergedError, train
-from conftest import REPO, tiny_recipe
-
-FMNIST = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
+from conftest import REPO, require_fashion_mnist, tiny_recipe
 
 
 def _mean(values):
@@ -77,17 +73,10 @@ def test_checkpoint_errors_name_the_file(tmp_path):
     assert not list(tmp_path.glob(".*.partial"))
 
 
-def _require_fashion_mnist():
-    if not FMNIST.exists():
-        if os.environ.get("CI"):
-            pytest.fail("Fashion-MNIST is missing: .ci/run must apt-get install dataset-fashion-mnist")
-        pytest.skip("Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["igpt_pixel_fmnist", "aim_pixels_fmnist", "digpt_fmnist"])
 def test_real_fashion_mnist_run_loss_falls(name, tmp_path, monkeypatch):
-    _require_fashion_mnist()
+    require_fashion_mnist()
     monkeypatch.chdir(REPO)  # recipes name their palette relative to the repository
     recipe = load_recipe(REPO / "recipes" / f"{name}.toml",
                          ["train.steps=120", "train.warmup_steps=20", "train.log_every=40"])
@@ -128,7 +117,7 @@ def test_quickstart_pretrains_then_compares_with_random_init(tmp_path, monkeypat
     """The README's first command at a reduced size: results.json holds both encoders' probes."""
     from arvision.cli import main
 
-    _require_fashion_mnist()
+    require_fashion_mnist()
     monkeypatch.chdir(REPO)
     with pytest.raises(SystemExit) as exit_info:
         main(["run", "recipes/quickstart.toml", "--out", str(tmp_path / "quick"),
