@@ -316,6 +316,9 @@ def assemble_trainer(job: Job, out_dir: Path, ranks: Ranks, device: torch.device
         raise RecipeError(f"{job.source}: train.batch_size: {config.batch_size} is larger than the "
                           f"data set ({len(batches.loader.dataset)} images)")
     total = config.steps or max(1, math.ceil(config.epochs * steps_per_epoch))
+    if config.ema and config.strategy == "fsdp" and ranks.world > 1:
+        raise RecipeError(f"{job.source}: train.ema: not supported with strategy 'fsdp' yet (the EMA "
+                          "would hold full weights beside sharded ones); use 'ddp' or unset ema")
     ema = ModelEmaV3(ema_source, decay=config.ema) if config.ema else None
     step_module = wrap(model, config.strategy, ranks, device, shard_units, frozen)
     optimizer = make_optimizer(model, config, device, param_groups)

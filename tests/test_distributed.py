@@ -112,3 +112,13 @@ def test_finetuning_on_two_ranks_matches_one_rank(tmp_path, strategy):
     assert two.stdout.count("fine-tuned (scratch): top-1") == 1  # rank 0 scores and reports
     assert losses(tmp_path / "two") == pytest.approx(losses(tmp_path / "one"), rel=1e-4)
     assert (tmp_path / "two" / "classifier_timm.pt").is_file()
+
+
+def test_ema_with_fsdp_is_refused_before_training(tmp_path):
+    path = recipe(tmp_path, strategy="fsdp", ema=0.9)
+    done = subprocess.run(command(path, tmp_path / "run", 2), env=ENV, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode != 0  # each rank exits 2; torchrun reports the failure as 1
+    assert "arvision: error: " in done.stderr
+    assert "train.ema: not supported with strategy 'fsdp' yet" in done.stderr
+    assert not (tmp_path / "run" / "checkpoints").exists()
