@@ -11,22 +11,29 @@ import torch
 
 from .errors import CheckpointError
 
-__all__ = ["load_checkpoint", "prune", "rank_part", "restore_rng_state", "rng_state", "save_checkpoint",
+__all__ = ["load_checkpoint", "prune", "rank_part", "restore_rng_state", "rng_state", "save_atomic",
+           "save_checkpoint",
            "saved_steps", "step_path"]
 
 FORMAT = "arvision-checkpoint"
 STEP_FILE = re.compile(r"step_\d{8}\.pt")
 
 
-def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """Write ``state`` to ``path`` atomically: a crash mid-write leaves the old file intact."""
+def save_atomic(path: Path, data: Any) -> None:
+    """``torch.save(data)`` to ``path`` atomically: written aside, synced, renamed into place, so
+    a crash mid-write leaves the old file (or none) intact."""
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.name}.partial")
     with partial.open("wb") as file:
-        torch.save({"format": FORMAT, **state}, file)
+        torch.save(data, file)
         file.flush()
         os.fsync(file.fileno())
     os.replace(partial, path)
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """Write ``state`` to ``path`` atomically, marked as an arvision checkpoint."""
+    save_atomic(path, {"format": FORMAT, **state})
 
 
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

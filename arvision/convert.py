@@ -38,7 +38,7 @@ import torch
 from torch import Tensor
 
 from .build import Blueprint, build_model, data_image_spec, resolve
-from .checkpoint import load_checkpoint
+from .checkpoint import load_checkpoint, save_atomic
 from .errors import CheckpointError, RecipeError
 from .plugins import Plugins
 from .recipe import Recipe, structure_recipe
@@ -274,8 +274,7 @@ def export_timm(checkpoint_path: str | Path, out_path: str | Path,
     with torch.device("meta"):
         model = timm.create_model(recipe.encoder.name, **arguments)
     _check_fits(weights, model.state_dict(), checkpoint_path, recipe.encoder.name)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(weights, out_path)
+    save_atomic(out_path, weights)
     return timm_call(recipe, out_path)
 
 

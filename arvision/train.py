@@ -247,11 +247,9 @@ class Trainer:
                             {key: state[key] for key in ("rng", "data", "step")})
         self.ranks.barrier()
 
-    def load(self, path: Path) -> None:
-        state = load_checkpoint(path)
-        if state.get("kind", "pretrain") != self.job.kind:
-            raise CheckpointError(f"{path}: a {state.get('kind', 'pretrain')} checkpoint; this is "
-                                  f"a {self.job.kind} run (pass another --out)")
+    def load(self, path: Path, state: dict[str, Any] | None = None) -> None:
+        """Continue from the checkpoint at ``path`` (``state``: its contents, if already read)."""
+        state = state if state is not None else load_checkpoint(path)
         if state.get("world", 1) != self.ranks.world:
             raise CheckpointError(f"{path}: written by {state.get('world', 1)} processes; resume "
                                   f"with the same number (this run has {self.ranks.world})")
@@ -351,8 +349,14 @@ def _flat(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def _check_same_run(trainer: Trainer, path: Path) -> None:
-    saved = _flat(load_checkpoint(path)["recipe"])
+def _check_same_run(trainer: Trainer, path: Path, state: dict[str, Any]) -> None:
+    """The checkpoint to resume was written by this kind of run with the same recipe, up to
+    :data:`RESUMABLE_CHANGES`."""
+    kind = state.get("kind", "pretrain")
+    if kind != trainer.job.kind:
+        raise CheckpointError(f"{path}: a {kind} checkpoint; this is a {trainer.job.kind} run "
+                              "(pass another --out)")
+    saved = _flat(state["recipe"])
     current = _flat(trainer.job.recipe)
     for key in sorted(set(saved) | set(current)):
         resumable = any(key == allowed or (allowed.endswith(".") and key.startswith(allowed))
@@ -383,8 +387,10 @@ def fit(trainer: Trainer) -> TrainResult:
     directory = out_dir / "checkpoints"
     saved = saved_steps(directory)
     if saved:
-        _check_same_run(trainer, saved[-1])
-        trainer.load(saved[-1])
+        state = load_checkpoint(saved[-1])
+        _check_same_run(trainer, saved[-1], state)
+        trainer.load(saved[-1], state)
+        del state
         if ranks.main:
             print(f"arvision: resuming {out_dir} from step {trainer.step}")
     elif ranks.main:

@@ -29,7 +29,7 @@ from torchvision.io import encode_jpeg
 from arvision.data.loader import build_batches, build_dataset
 from arvision.data.pack import PackOptions, pack
 from arvision.data.target_cache import write_target_cache
-from arvision.recipe import DataConfig, structure_recipe
+from arvision.recipe import DataConfig, drop_none, structure_recipe
 from arvision.train import build_trainer
 
 REPEATS = 2  # each training measurement is the best of this many
@@ -90,7 +90,7 @@ def training_recipe(root: Path, targets: str | None) -> dict:
 
 
 def training_rate(data: dict, steps: int = 16) -> float:
-    recipe = structure_recipe(_drop_none(data), "benchmark")
+    recipe = structure_recipe(drop_none(data), "benchmark")
     with tempfile.TemporaryDirectory() as out:
         trainer = build_trainer(recipe, Path(out), "benchmark", None)
         trainer.train_step()  # warm up
@@ -100,16 +100,10 @@ def training_rate(data: dict, steps: int = 16) -> float:
         return steps * recipe.train.batch_size / (time.perf_counter() - started)
 
 
-def _drop_none(value):
-    if isinstance(value, dict):
-        return {key: _drop_none(item) for key, item in value.items() if item is not None}
-    return value
-
-
 def training_rows(root: Path) -> list[dict]:
     online = training_recipe(root, None)
     cache = root / "targets.lmdb"
-    write_target_cache(structure_recipe(_drop_none(online), "benchmark"), cache, views=1,
+    write_target_cache(structure_recipe(drop_none(online), "benchmark"), cache, views=1,
                        batch_size=32)
     cached = training_recipe(root, str(cache))
     rates = {"online": [], "cached": []}

@@ -188,6 +188,7 @@ def test_finetune_recipe_runs_through_arvision_run(tmp_path, capsys):
     (["finetune.weights='ema'", "encoder.depth=2"], "no EMA"),
     (["data.targets='cache.lmdb'"], "data.targets: a target cache feeds pretraining"),
     (["finetune.mixup=-1"], "finetune.mixup: expected a number >= 0"),
+    (["encoder.stem='tokens'"], "encoder.stem: fine-tuning needs 'patch'"),
 ])
 def test_bad_finetune_settings_are_one_line_errors(pretrained, tmp_path, capsys, sets, message):
     out = tmp_path / "pre"
@@ -233,3 +234,21 @@ def test_supervised_fashion_mnist_recipe_learns(tmp_path, monkeypatch):
     result = finetune(recipe, tmp_path, "supervised_fmnist.toml")
     assert result.scores["top1"] > 25 and result.scores["eval_images"] == 2000
     assert sum(result.train.losses[-20:]) / 20 < 0.95 * sum(result.train.losses[:20]) / 20
+
+
+def test_a_missing_finetune_checkpoint_is_named(tmp_path, capsys):
+    path = tmp_path / "tune.toml"
+    path.write_text(tomli_w.dumps(scratch_tables("finetune.checkpoint='gone/checkpoint.pt'")))
+    code, _out, err = run_cli(capsys, "run", path, "--out", tmp_path / "out")
+    assert code == 2 and "gone/checkpoint.pt: checkpoint not found" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_a_finetune_run_does_not_resume_a_pretraining_run(pretrained, tmp_path, capsys):
+    out = tmp_path / "pre"
+    shutil.copytree(pretrained.parent, out)
+    path = tmp_path / "tune.toml"
+    path.write_text(tomli_w.dumps(scratch_tables()))
+    code, _out, err = run_cli(capsys, "run", path, "--out", out)
+    assert code == 2
+    assert "a pretrain checkpoint; this is a finetune run (pass another --out)" in err

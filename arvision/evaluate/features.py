@@ -12,7 +12,6 @@ the attentive probe) are cached beside it when they fit in ``max_token_bytes``, 
 
 import hashlib
 import json
-import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from ..build import Blueprint, build_model, resolve
-from ..checkpoint import load_checkpoint
+from ..checkpoint import load_checkpoint, save_atomic
 from ..components import Tokenizer
 from ..data.loader import Transformed, build_dataset
 from ..data.views import View, ViewAugment
@@ -171,13 +170,6 @@ class Features:
         return self.stream(index)
 
 
-def _save(path: Path, data: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial")
-    torch.save(data, partial)
-    os.replace(partial, path)
-
-
 def _streamer(dataset: Dataset, extract: Extractor) -> Callable[[Tensor], Tensor]:
     def stream(index: Tensor) -> Tensor:
         images = torch.stack([dataset[int(i)][0] for i in index])  # (b, C, H, W)
@@ -212,10 +204,10 @@ def extract_features(loaded: LoadedEncoder, split: str, blocks: Sequence[int], l
     pooled, labels, tokens = _run(dataset, extract, batch_size, loaded.recipe.data.num_workers,
                                   keep_tokens)
     if pooled_path is not None and not have_pooled:
-        _save(pooled_path, {"pooled": pooled, "labels": labels, "blocks": list(blocks),
+        save_atomic(pooled_path, {"pooled": pooled, "labels": labels, "blocks": list(blocks),
                             "split": split, "fingerprint": loaded.fingerprint})
     if tokens_path is not None and keep_tokens:
-        _save(tokens_path, {"tokens": tokens})
+        save_atomic(tokens_path, {"tokens": tokens})
     stream = _streamer(dataset, extract) if with_tokens and not keep_tokens else None
     return Features(pooled, labels, tokens, stream)
 

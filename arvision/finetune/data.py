@@ -27,6 +27,7 @@ from torchvision.transforms.v2.functional import to_pil_image
 from ..data.sampler import sample_seed
 from ..errors import DataError
 from ..recipe import DataConfig
+from ..vit import channel_stat
 from .recipe import FinetuneRecipe
 
 __all__ = ["MixedInputs", "SeededTransform", "count_classes", "eval_transform", "seeded",
@@ -49,9 +50,11 @@ def seeded(seed: int) -> Iterator[None]:
 
 
 def _geometry(recipe: FinetuneRecipe, size: int, channels: int) -> dict[str, Any]:
-    channels_of = lambda values: tuple(values) * channels if len(values) == 1 else tuple(values)  # noqa: E731
+    def per_channel(values: tuple[float, ...]) -> tuple[float, ...]:  # one value or one per channel
+        return tuple(channel_stat(values, channels).flatten().tolist())
+
     return {"input_size": (channels, size, size), "interpolation": recipe.data.interpolation,
-            "mean": channels_of(recipe.encoder.mean), "std": channels_of(recipe.encoder.std)}
+            "mean": per_channel(recipe.encoder.mean), "std": per_channel(recipe.encoder.std)}
 
 
 def posterize(image: Image.Image, bits: int, **_kwargs: Any) -> Image.Image:

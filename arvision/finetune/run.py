@@ -19,7 +19,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 from torchvision.transforms.v2.functional import to_pil_image
 
-from ..checkpoint import load_checkpoint
+from ..checkpoint import load_checkpoint, save_atomic
 from ..convert import timm_arguments
 from ..data.loader import Transformed, build_dataset, keyed_batches
 from ..distributed import setup
@@ -96,9 +96,8 @@ def build_finetuner(recipe: FinetuneRecipe, out_dir: Path, source: str,
     return trainer, start
 
 
-def classifier_weights(checkpoint: Path, ema: bool = False) -> dict[str, torch.Tensor]:
+def classifier_weights(state: dict[str, Any], ema: bool = False) -> dict[str, torch.Tensor]:
     """A fine-tuning checkpoint's classifier (or its EMA) as a plain timm state dict."""
-    state = load_checkpoint(checkpoint)
     weights = state["ema"] if ema else state["model"]
     return {key.removeprefix("vit."): value for key, value in weights.items()}
 
@@ -139,14 +138,14 @@ def finetune(recipe: FinetuneRecipe, out_dir: Path, source: str = "recipe",
     if not result.main:
         return FinetuneResult(result, None)
     started = time.perf_counter()
-    scores = evaluate_classifier(recipe, classifier_weights(result.checkpoint), trainer.device)
+    state = load_checkpoint(result.checkpoint)
+    scores = evaluate_classifier(recipe, classifier_weights(state), trainer.device)
     if recipe.train.ema:
-        ema = evaluate_classifier(recipe, classifier_weights(result.checkpoint, ema=True),
-                                  trainer.device)
+        ema = evaluate_classifier(recipe, classifier_weights(state, ema=True), trainer.device)
         scores["ema"] = {key: ema[key] for key in ema if key.startswith("top")}
-    weights = classifier_weights(result.checkpoint, ema=bool(recipe.train.ema))
+    weights = classifier_weights(state, ema=bool(recipe.train.ema))
     export = out_dir / "classifier_timm.pt"
-    torch.save(weights, export)
+    save_atomic(export, weights)
     arguments = {**timm_arguments(recipe), "num_classes": weights["head.weight"].shape[0],
                  "global_pool": recipe.finetune.global_pool,
                  "fc_norm": recipe.finetune.global_pool == "avg"}
