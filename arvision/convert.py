@@ -1,28 +1,53 @@
 """Weights in and out: D-iGPT's released checkpoint into arvision, arvision's encoder out to timm.
 
-**D-iGPT** (OliverRensu/D-iGPT, ``DiGPT_torch/models_digpt.py``): the pretraining checkpoint holds
-the student (``model``: patch embedding, ViT blocks, two decoders) but no teacher. Its layout and
-the quirks the conversion undoes:
+**D-iGPT** (OliverRensu/D-iGPT, ``DiGPT_torch/models_digpt.py`` with ``vit.py`` and
+``util/pos_embed.py``): the pretraining checkpoint holds the student (``model``: patch embedding,
+ViT blocks, two decoders) but no teacher. Compared line by line with the released files; the
+quirks, and what the conversion does with each:
 
+- **The decoders' memories are swapped.** ``forward_encoder`` returns ``x_kd, x_ar, ...`` and
+  ``forward`` unpacks that as ``latent_ar, latent_kd, ...``. So the generative decoder
+  (``ar_blocks``, ``ar_norm``, ``ar_pred``) reads the memory made by ``kd_enc_norm`` +
+  ``kd_enc2dec``, and the discriminative one (``kd_*``) the memory of ``ar_enc_norm`` +
+  ``ar_enc2dec``. The conversion maps the memory as the code uses it, not by name:
+  ``decoders.<generative>.memory`` <- ``kd_enc_*``, ``decoders.<discriminative>.memory`` <-
+  ``ar_enc_*`` (:data:`_MEMORY_OF`).
+- ``ar_*`` is the generative decoder (``predicts = "next"``: its queries carry the positions of
+  segments 2..4), ``kd_*`` the discriminative one (``"visible"``: segments 1..3);
+  ``ar_token``/``ar_norm``/``ar_pred`` become ``query``/``norm``/``head``.
 - CLS is last in the encoder sequence and in the decoder queries (arvision: first). Attention does
   not care where CLS sits as long as the masks agree, so no weight changes for it. The additive
-  mask buffer ``mask`` is dropped: arvision builds its boolean mask from the plan.
-- ``{ar,kd}_enc_norm`` is ``ModuleList([LayerNorm(d)] * 4)``: one LayerNorm shared by the four
-  taps; its state dict repeats it under ``.0`` .. ``.3``. Each copy becomes one of arvision's
-  per-tap norms (only ``.0`` present is accepted too, and fills all four).
+  mask buffer ``mask`` (a 3-segment lower-triangular block mask, reflect-padded by one row and
+  column: CLS sees everything, only the last visible segment sees CLS, the same mask for encoder
+  self-attention and decoder self- and cross-attention) is dropped: arvision builds the same
+  boolean mask from the plan.
+- ``{ar,kd}_enc_norm`` is ``ModuleList([nn.LayerNorm(dim)] * 4)``: one LayerNorm shared by the
+  four taps, with LayerNorm's default eps 1e-5 (every other norm is ``norm_layer``, eps 1e-6); its
+  state dict repeats it under ``.0`` .. ``.3``. Each copy becomes one of arvision's per-tap norms
+  (only ``.0`` present is accepted too, and fills all four). The recipe must say
+  ``memory_norm_eps = 1e-5`` and ``norm_eps = 1e-6`` on both decoders (checked).
 - ``{ar,kd}_enc2dec`` output is read as ``reshape(B, L, dim, depth)[..., i]``: row ``j*depth + i``
   is layer i's feature j (interleaved). arvision chunks contiguously (row ``i*dim + j``), so the
   rows of the weight and bias are permuted.
 - The taps are blocks 6, 8, 10, 12 literally (even for ViT-L), and there is no final encoder norm:
   ``encoder.vit.norm`` (unused by transformer decoders) is set to the identity LayerNorm.
 - ``pos_embed`` and ``decoder_pos_embed`` are fixed sin-cos tables in MAE's layout (sin/cos of the
-  column, then of the row), not timm's: both are copied. The decoder table's row 0 is added to the
-  CLS query; arvision's CLS query has no position, so that row must be zero (it is, for MAE's
-  sin-cos with ``cls_token=True``).
-- ``ar_*`` is the generative decoder (``predicts = "next"``), ``kd_*`` the discriminative one
-  (``"visible"``); ``ar_token``/``ar_norm``/``ar_pred`` become ``query``/``norm``/``head``.
-- Not visible in shapes, so taken from the recipe unchecked: attention heads (ViT-B: 12, decoder:
-  32) and LayerNorm epsilons (the reference uses 1e-6 except in ``{ar,kd}_enc_norm``: 1e-5).
+  column, then of the row), not timm's: both are copied. They are gathered with the same segment
+  permutation as the tokens. The decoder table's row 0 is added to the CLS query; arvision's CLS
+  query has no position, so that row must be zero (it is, for MAE's sin-cos with
+  ``cls_token=True``); the encoder's row 0 is added to ``cls_token`` as timm does.
+- Attention: ``q k^T * head_dim**-0.5 + mask``, softmax, biases on qkv, q, kv and proj (timm's
+  Attention and arvision's CrossAttention compute the same); the cross-attention reshapes its
+  memory with the query length, so memory and queries are both 3 segments + CLS. MLP: fc1, exact
+  GELU, fc2 (ratio 4).
+- The loss resamples each 7x7 predicted segment to the teacher's 8x8 cell (``F.interpolate``
+  bilinear, ``align_corners`` False), L2-normalises prediction and target and averages
+  ``2 - 2 cos`` over the 3 x 64 + 1 (CLS) tokens; the two losses are summed 1:1 (arvision's
+  ``cosine`` target and ``resample_segments``).
+- Geometry is literal in the released model (7, 49, 64, 16, 1024 in ``raster``,
+  ``forward_loss`` and ``forward``, and ``ar_pred``/``kd_pred`` output 1024): a checkpoint fits
+  only the 224/16 student with a 16x16x1024 (+ CLS) teacher, which the recipe states.
+- Not visible in shapes, so taken from the recipe: attention heads (ViT-B: 12, decoder: 32).
 
 **timm export**: ``encoder.vit.*`` of an arvision checkpoint is a plain timm VisionTransformer
 state dict; :func:`export_timm` writes it and returns the ``timm.create_model`` call that loads it.
@@ -48,6 +73,10 @@ __all__ = ["DIGPT_TAPS", "convert_digpt_official", "export_timm", "load_digpt_of
 
 DIGPT_TAPS = (6, 8, 10, 12)
 _ROLES = {"next": "ar", "visible": "kd"}  # arvision role -> reference prefix
+#: reference decoder prefix -> the prefix of the memory projection its decoder actually reads
+_MEMORY_OF = {"ar": "kd", "kd": "ar"}
+#: LayerNorm epsilons of the released model: decoder norms, and the tap norms (LayerNorm default)
+DIGPT_NORM_EPS, DIGPT_MEMORY_NORM_EPS = 1e-6, 1e-5
 _IGNORED = {"mask"}  # the reference's additive mask buffer: arvision derives its own
 _SHOWN = 4  # keys named per kind in an error line
 #: arvision DecoderBlock module -> the reference DecoderBlock's
@@ -156,6 +185,14 @@ def _check_recipe(blueprint: Blueprint) -> dict[str, str]:
         found = ", ".join(f"{table.name} predicting {table.predicts!r}" for table in recipe.decoders)
         raise fail("decoders", "D-iGPT has two transformer decoders, one predicting 'next' (ar_*) "
                    f"and one 'visible' (kd_*); the recipe has {found}")
+    for index, table in enumerate(recipe.decoders):
+        config = table.config
+        memory_eps = config.norm_eps if config.memory_norm_eps is None else config.memory_norm_eps
+        if (config.norm_eps, memory_eps) != (DIGPT_NORM_EPS, DIGPT_MEMORY_NORM_EPS):
+            raise fail(f"decoders[{index}]", f"D-iGPT's decoder norms use eps {DIGPT_NORM_EPS} and "
+                       f"its tap norms {DIGPT_MEMORY_NORM_EPS}; the recipe has norm_eps "
+                       f"{config.norm_eps} and memory_norm_eps {memory_eps}; set norm_eps = "
+                       f"{DIGPT_NORM_EPS} and memory_norm_eps = {DIGPT_MEMORY_NORM_EPS}")
     return {key: _ROLES[predicts] for key, predicts in roles.items()}
 
 
@@ -187,7 +224,7 @@ def _reference_key(key: str, roles: Mapping[str, str]) -> str | None:
             return "decoder_pos_embed"
         if head == "memory" and inner[0] in ("norms", "proj"):  # memory.norms.K.* / memory.proj.*
             part = "enc_norm" if inner[0] == "norms" else "enc2dec"
-            return f"{prefix}_{part}.{'.'.join(inner[1:])}"
+            return f"{_MEMORY_OF[prefix]}_{part}.{'.'.join(inner[1:])}"
         if head == "blocks" and ".".join(inner[1:-1]) in _DECODER_BLOCK:  # blocks.N.<module>.<param>
             return f"{prefix}_blocks.{inner[0]}.{_DECODER_BLOCK['.'.join(inner[1:-1])]}.{inner[-1]}"
         if head in ("norm", "head"):

@@ -34,6 +34,9 @@ class TransformerDecoderConfig:
     num_heads: int = setting(32, "attention heads (D-iGPT: 32)", validator=positive)
     mlp_ratio: float = setting(4.0, "MLP hidden width / dim", validator=positive)
     norm_eps: float = setting(1e-6, "LayerNorm epsilon", validator=positive)
+    memory_norm_eps: float | None = setting(
+        None, "epsilon of the LayerNorms on the encoder taps (default: norm_eps; the released "
+        "D-iGPT code uses LayerNorm's default 1e-5 there)", validator=positive)
 
 
 class MemoryProjection(nn.Module):
@@ -102,8 +105,9 @@ class TransformerDecoder(Decoder):
             raise ValueError("the tokenizer has a CLS target but the encoder has no class token; "
                              "set encoder.class_token = true")
         dim = config.dim
+        memory_eps = config.norm_eps if config.memory_norm_eps is None else config.memory_norm_eps
         self.memory = MemoryProjection(context.encoder_dim, context.num_taps, dim, config.depth,
-                                       config.norm_eps)
+                                       memory_eps)
         self.query = nn.Parameter(torch.zeros(1, 1, dim))
         # Fixed (not trained) but saved, so converted weights keep their own table (D-iGPT's
         # sin-cos layout differs from timm's); a checkpoint without it gets this default.

@@ -1,11 +1,14 @@
 """D-iGPT's released checkpoint into arvision (same losses), and arvision's encoder out to timm.
 
 ``Reference`` below re-states the released D-iGPT model (OliverRensu/D-iGPT,
-DiGPT_torch/models_digpt.py and vit.py) at a tiny size, with its parameter names and quirks: CLS
-last, additive masks made by reflect-padding a block-triangular one, one LayerNorm shared by the
-four taps (default eps), the interleaved ``reshape(B, L, dim, depth)`` of the memory projection,
-MAE-layout sin-cos tables and a bilinear resample of every predicted segment to the teacher's
-cell. Its segment permutation is an argument here (the original draws ``torch.randperm``).
+DiGPT_torch/models_digpt.py, vit.py and util/pos_embed.py, compared line by line) at a tiny size,
+with its parameter names and quirks: CLS last, an additive mask made by reflect-padding a
+block-triangular one, one LayerNorm (eps 1e-5) shared by the four taps, the interleaved
+``reshape(B, L, dim, depth)`` of the memory projections, ``forward_encoder`` returning
+``(x_kd, x_ar)`` and ``forward`` unpacking it as ``(latent_ar, latent_kd)`` (the generative decoder
+reads the ``kd_*`` memory), MAE-layout sin-cos tables and a bilinear resample of every predicted
+segment to the teacher's cell. Its segment permutation is an argument here (the original draws
+``torch.randperm``).
 """
 
 import argparse
@@ -47,9 +50,9 @@ def digpt_recipe(tokenizer: dict | None = None, **encoder) -> dict:
         "ordering": {"name": "random_segments", "rows": 2, "cols": 2},
         "decoders": [
             {"name": "transformer", "predicts": "next", "key": "generative", "dim": 16, "depth": 2,
-             "num_heads": 2},
+             "num_heads": 2, "memory_norm_eps": 1e-5},
             {"name": "transformer", "predicts": "visible", "key": "discriminative", "dim": 16,
-             "depth": 2, "num_heads": 2},
+             "depth": 2, "num_heads": 2, "memory_norm_eps": 1e-5},
         ],
         "target": {"name": "cosine"},
         "train": {"batch_size": 4, "steps": 2, "precision": "fp32"},
@@ -207,12 +210,29 @@ class Reference(nn.Module):
     def forward(self, images: Tensor, target: Tensor, perm: Tensor) -> tuple[Tensor, Tensor]:
         """Normalised images, target (B, 1 + T, C) CLS first, perm (B, 4) -> (ar_loss, kd_loss)."""
         batch, rows = images.shape[0], torch.arange(images.shape[0])[:, None]
+        tgrid = math.isqrt(target.shape[1] - 1)
+        labels = to_cells(target[:, 1:], tgrid)[rows, perm]  # (B, 4, t', C)
+        # as released: forward_encoder returns (x_kd, x_ar, ...), forward unpacks (latent_ar, latent_kd)
+        latent_ar, latent_kd, dec_pos = self.forward_encoder(images, perm)
+        losses = []
+        for p, latent, segments in (("ar", latent_ar, slice(1, None)), ("kd", latent_kd, slice(None, 3))):
+            token = getattr(self, f"{p}_token")
+            q = torch.cat([(token + dec_pos[:, segments]).flatten(1, 2),
+                           (token + self.decoder_pos_embed[:, :1]).expand(batch, -1, -1)], dim=1)
+            for i, block in enumerate(getattr(self, f"{p}_blocks")):
+                q = block(q, latent[..., i], self.mask)
+            pred = getattr(self, f"{p}_pred")(getattr(self, f"{p}_norm")(q))  # (B, 3t + 1, C)
+            truth = torch.cat([labels[:, segments].flatten(1, 2), target[:, :1]], dim=1)
+            losses.append(self.loss(pred, truth))
+        return losses[0], losses[1]
+
+    def forward_encoder(self, images: Tensor, perm: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """-> (x_kd, x_ar) memories (B, 3t + 1, ddim, ddepth) and the permuted decoder positions."""
+        batch, rows = images.shape[0], torch.arange(images.shape[0])[:, None]
         x = self.patch_embed.proj(images).flatten(2).transpose(1, 2)  # (B, N, D)
         x = (to_cells(x, self.grid) + to_cells(self.pos_embed[:, 1:].expand(batch, -1, -1),
                                                 self.grid))[rows, perm]  # (B, 4, t, D)
         dec_pos = to_cells(self.decoder_pos_embed[:, 1:].expand(batch, -1, -1), self.grid)[rows, perm]
-        tgrid = math.isqrt(target.shape[1] - 1)
-        labels = to_cells(target[:, 1:], tgrid)[rows, perm]  # (B, 4, t', C)
         cls = (self.cls_token + self.pos_embed[:, :1]).expand(batch, -1, -1)
         x = torch.cat([x[:, :3].flatten(1, 2), cls], dim=1)  # CLS last
         taps = []
@@ -220,20 +240,12 @@ class Reference(nn.Module):
             x = block(x, self.mask)
             if index in (6, 8, 10, 12):
                 taps.append(x)
-        losses = []
-        for p, segments in (("ar", slice(1, None)), ("kd", slice(None, 3))):
+        memories = {}
+        for p in ("ar", "kd"):
             normed = [norm(tap) for norm, tap in zip(getattr(self, f"{p}_enc_norm"), taps, strict=True)]
             memory = getattr(self, f"{p}_enc2dec")(torch.cat(normed, dim=-1))
-            memory = memory.reshape(batch, memory.shape[1], self.ddim, self.ddepth)  # interleaved
-            token = getattr(self, f"{p}_token")
-            q = torch.cat([(token + dec_pos[:, segments]).flatten(1, 2),
-                           (token + self.decoder_pos_embed[:, :1]).expand(batch, -1, -1)], dim=1)
-            for i, block in enumerate(getattr(self, f"{p}_blocks")):
-                q = block(q, memory[..., i], self.mask)
-            pred = getattr(self, f"{p}_pred")(getattr(self, f"{p}_norm")(q))  # (B, 3t + 1, C)
-            truth = torch.cat([labels[:, segments].flatten(1, 2), target[:, :1]], dim=1)
-            losses.append(self.loss(pred, truth))
-        return losses[0], losses[1]
+            memories[p] = memory.reshape(batch, memory.shape[1], self.ddim, self.ddepth)  # interleaved
+        return memories["kd"], memories["ar"], dec_pos
 
     def loss(self, pred: Tensor, truth: Tensor) -> Tensor:
         batch, dim, cell = pred.shape[0], pred.shape[-1], self.grid // 2
@@ -288,25 +300,58 @@ def test_reference_quirks_are_in_its_state_dict():
     assert state["decoder_pos_embed"][0, 0].eq(0).all()
 
 
+def converted_losses(state: dict, plugins, images: Tensor, target: Tensor, perm: Tensor
+                     ) -> dict[str, Tensor]:
+    """The loss parts of the recipe's ARModel on ``state`` converted from the reference."""
+    recipe = structure_recipe(digpt_recipe(), "digpt.toml", plugins)
+    converted = convert_digpt_official({"model": state, "epoch": 3}, recipe, plugins=plugins)
+    model = build_model(resolve(recipe, plugins=plugins), with_tokenizer=False).eval()
+    default = model.decoders["generative"].position.clone()
+    model.load_state_dict(converted, strict=True)
+    assert not torch.equal(default, model.decoders["generative"].position)  # MAE's layout, carried
+    tokens = Tokens(target[:, 1:].reshape(-1, TEACHER_GRID, TEACHER_GRID, TEACHER_DIM), target[:, 0])
+    with torch.no_grad():
+        return model(images, tokens=tokens, order=perm).parts
+
+
 def test_converted_model_gives_the_reference_losses(plugins):
+    """Every parameter perturbed (LayerNorm weights and biases off 1 and 0), so a norm, bias or
+    memory read from the wrong place shows in the losses."""
     ref = reference()
     images, target, perm = batch_inputs()
     with torch.no_grad():
         ar_loss, kd_loss = ref(normalised(images), target, perm)
-    recipe = structure_recipe(digpt_recipe(), "digpt.toml", plugins)
-    state = convert_digpt_official({"model": ref.state_dict(), "epoch": 3}, recipe, plugins=plugins)
-    model = build_model(resolve(recipe, plugins=plugins), with_tokenizer=False).eval()
-    default = model.decoders["generative"].position.clone()
-    model.load_state_dict(state, strict=True)
-    assert not torch.equal(default, model.decoders["generative"].position)  # MAE's layout, carried
-    tokens = Tokens(target[:, 1:].reshape(-1, TEACHER_GRID, TEACHER_GRID, TEACHER_DIM), target[:, 0])
+    parts = converted_losses(ref.state_dict(), plugins, images, target, perm)
+    torch.testing.assert_close(parts["generative"], ar_loss, rtol=0, atol=1e-5)
+    torch.testing.assert_close(parts["discriminative"], kd_loss, rtol=0, atol=1e-5)
+    assert parts["generative"] != parts["discriminative"]
+
+
+def test_memories_are_mapped_as_the_released_code_reads_them_not_by_name(plugins):
+    """Converting a checkpoint whose ar_enc_* and kd_enc_* are exchanged, which is what a
+    by-name mapping amounts to, gives other losses than the reference: the swap matters."""
+    ref = reference()
+    images, target, perm = batch_inputs()
     with torch.no_grad():
-        out = model(images, tokens=tokens, order=perm)
-    # Equal up to float rounding. (The reference's tap norms use LayerNorm's default eps 1e-5,
-    # arvision's the decoder's 1e-6: no visible effect at these activation scales.)
-    torch.testing.assert_close(out.parts["generative"], ar_loss, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(out.parts["discriminative"], kd_loss, rtol=1e-5, atol=1e-6)
-    assert out.parts["generative"] != out.parts["discriminative"]
+        ar_loss, kd_loss = ref(normalised(images), target, perm)
+    state = ref.state_dict()
+    by_name = {}
+    for key, value in state.items():
+        part = key.split(".")[0]
+        if part in ("ar_enc_norm", "ar_enc2dec", "kd_enc_norm", "kd_enc2dec"):
+            other = {"ar": "kd", "kd": "ar"}[part[:2]]
+            key = other + key[2:]
+        by_name[key] = value
+    parts = converted_losses(by_name, plugins, images, target, perm)
+    assert (parts["generative"] - ar_loss).abs() > 1e-3
+    assert (parts["discriminative"] - kd_loss).abs() > 1e-3
+    recipe = structure_recipe(digpt_recipe(), "digpt.toml", plugins)
+    converted = convert_digpt_official(state, recipe, plugins=plugins)
+    depth = 2  # contiguous chunks from the interleaved rows
+    assert torch.equal(converted["decoders.generative.memory.proj.bias"],
+                       state["kd_enc2dec.bias"].view(-1, depth).T.flatten())
+    assert torch.equal(converted["decoders.discriminative.memory.norms.0.bias"],
+                       state["ar_enc_norm.0.bias"])
 
 
 def test_checkpoint_without_decoder_positions_still_loads(plugins):
@@ -327,7 +372,7 @@ def test_shared_norm_saved_once_fills_all_taps(plugins):
                 del state[f"{p}_enc_norm.{i}.{name}"]
     recipe = structure_recipe(digpt_recipe(), "digpt.toml", plugins)
     converted = convert_digpt_official(state, recipe, plugins=plugins)
-    norm0 = state["ar_enc_norm.0.weight"]
+    norm0 = state["kd_enc_norm.0.weight"]  # the generative decoder reads the kd_* memory
     assert all(torch.equal(converted[f"decoders.generative.memory.norms.{i}.weight"], norm0)
                for i in range(4))
 
@@ -336,7 +381,8 @@ def test_interleaved_projection_is_reordered(plugins):
     state = reference().state_dict()
     recipe = structure_recipe(digpt_recipe(), "digpt.toml", plugins)
     converted = convert_digpt_official(state, recipe, plugins=plugins)
-    source, proj = state["kd_enc2dec.weight"], converted["decoders.discriminative.memory.proj.weight"]
+    # the discriminative decoder reads the ar_* memory
+    source, proj = state["ar_enc2dec.weight"], converted["decoders.discriminative.memory.proj.weight"]
     depth, dim = 2, 16
     for layer in range(depth):
         for feature in (0, 5, dim - 1):
@@ -375,7 +421,10 @@ def test_checkpoint_that_does_not_fit_is_one_line(plugins, edit, match):
     ({"ordering": {"name": "random_segments", "rows": 4, "cols": 4}}, r"ordering: .*2x2"),
     ({"decoders": [{"name": "transformer", "predicts": "next", "dim": 16, "depth": 2,
                     "num_heads": 2}]}, r"decoders: .*'next'"),
-], ids=["taps", "pos_embed", "layout", "decoders"])
+    ({"decoders": [{k: v for k, v in d.items() if k != "memory_norm_eps"}
+                   for d in digpt_recipe()["decoders"]]},
+     r"decoders\[0\]: .*memory_norm_eps = 1e-05"),
+], ids=["taps", "pos_embed", "layout", "decoders", "norm-eps"])
 def test_recipe_that_cannot_hold_digpt_is_one_line(plugins, change, match):
     data = digpt_recipe()
     for section, value in change.items():
