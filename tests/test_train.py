@@ -188,11 +188,25 @@ def test_compile_reaches_the_encoder_blocks(compiled_run):
     assert blocks["encoder.vit.blocks"] == [True, True]
 
 
-def test_activation_checkpointing_gives_the_same_steps(tmp_path):
+def test_activation_checkpointing_gives_the_same_steps(tmp_path, monkeypatch):
+    from timm.models.vision_transformer import Block
+
+    calls = {"n": 0}
+    block_forward = Block.forward
+
+    def counted(self, *args, **kwargs):
+        calls["n"] += 1
+        return block_forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(Block, "forward", counted)
     plain = train(tiny_recipe(train={"steps": 3, "base_lr": 0.05}), tmp_path / "plain")
+    assert calls["n"] == 3 * 2  # steps x encoder blocks
+    calls["n"] = 0
     recomputed = train(tiny_recipe(train={"steps": 3, "base_lr": 0.05,
                                           "activation_checkpointing": True}), tmp_path / "ckpt")
+    assert calls["n"] == 3 * 2 * 2  # each block runs again in the backward pass
     assert recomputed.losses == pytest.approx(plain.losses, rel=1e-5)
+    assert plain.losses[-1] != plain.losses[0]
 
 
 def test_fp16_on_cpu_is_a_recipe_error(tmp_path):
