@@ -1,5 +1,6 @@
 """Exact resume: a run killed at an arbitrary step and resumed ends bitwise equal to one that was not."""
 
+import json
 import os
 import signal
 import subprocess
@@ -80,13 +81,29 @@ def test_killed_run_resumes_bitwise(tmp_path, workers):
         assert torch.equal(actual["optimizer"]["state"][index]["exp_avg"], state["exp_avg"])
 
 
-def test_accumulation_matches_one_large_batch(tmp_path):
+def test_accumulation_matches_one_large_batch(tmp_path, monkeypatch):
+    from arvision.model import ARModel
+
+    forwards = []  # images per forward pass
+    model_forward = ARModel.forward
+
+    def counted(self, images, *args, **kwargs):
+        forwards.append(images.shape[0])
+        return model_forward(self, images, *args, **kwargs)
+
+    monkeypatch.setattr(ARModel, "forward", counted)
     base = tiny_data(ordering={"name": "segments", "rows": 2, "cols": 2},
                      train={"steps": 4, "batch_size": 32, "base_lr": 0.05, "log_every": 1})
     one = train(structure_recipe(base, "one"), tmp_path / "one")
+    assert forwards == [32] * 4
+    forwards.clear()
     base["train"]["micro_batch"] = 8
     four = train(structure_recipe(base, "four"), tmp_path / "four")
+    assert forwards == [8] * 16  # 4 steps of 4 micro-batches
     assert four.losses == pytest.approx(one.losses, rel=1e-5)
+    norms = [[json.loads(line)["grad_norm"] for line in (tmp_path / run / "metrics.jsonl")
+              .read_text().splitlines()] for run in ("one", "four")]
+    assert len(norms[0]) == 4 and norms[1] == pytest.approx(norms[0], rel=1e-4)  # mean, not sum
     left = load_checkpoint(one.checkpoint)["model"]
     right = load_checkpoint(four.checkpoint)["model"]
     for key, value in left.items():
