@@ -122,6 +122,13 @@ def test_features_are_deterministic_and_per_block(tiny_encoder):
         second = tiny_encoder.features(images, (1, 2))
     assert [out.shape for out in first] == [torch.Size([3, 1 + 16, 32])] * 2  # CLS + 4x4 patches
     assert all(torch.equal(a, b) for a, b in zip(first, second, strict=True))
+    with torch.no_grad():  # timm's own forward of the same ViT: each block's (patches, CLS)
+        _, reference = tiny_encoder.vit.forward_intermediates(
+            (images - tiny_encoder.mean) / tiny_encoder.std, indices=[0, 1], norm=False,
+            output_fmt="NLC", return_prefix_tokens=True)
+    for features, (patches, cls) in zip(first, reference, strict=True):
+        torch.testing.assert_close(features, torch.cat([cls, patches], dim=1), rtol=0, atol=1e-6)
+    assert not torch.allclose(first[0], first[1])
 
 
 def test_features_use_no_mask(tiny_encoder):
