@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import tomli_w
 import torch
+import torch.nn.functional as F
 
 from arvision.checkpoint import load_checkpoint
 from arvision.data.synthetic import SyntheticImages
@@ -99,6 +100,12 @@ def test_ema_weights_and_a_larger_input_resample_the_positions(pretrained, tmp_p
     vit = trainer.model.vit
     assert vit.pos_embed.shape == (1, 1 + 6 * 6, 32)
     torch.testing.assert_close(vit.blocks[1].mlp.fc2.weight, ema["vit.blocks.1.mlp.fc2.weight"])
+    pretrained = ema["vit.pos_embed"]  # (1, 1 + 4 * 4, 32): CLS, then the 4x4 grid
+    grid = pretrained[:, 1:].reshape(1, 4, 4, 32).permute(0, 3, 1, 2)
+    resampled = F.interpolate(grid, size=(6, 6), mode="bicubic", align_corners=False,
+                              antialias=True).permute(0, 2, 3, 1).reshape(1, 36, 32)
+    torch.testing.assert_close(vit.pos_embed[:, :1], pretrained[:, :1], rtol=0, atol=0)
+    torch.testing.assert_close(vit.pos_embed[:, 1:], resampled, rtol=1e-5, atol=1e-6)
 
 
 def test_layer_decay_scales_the_lr_block_by_block(pretrained, tmp_path):
