@@ -92,6 +92,7 @@ def test_bf16_autocast_stays_close_to_fp32(checkpoint):
     fp32, bf16 = clip_tokenizer(checkpoint)(x), clip_tokenizer(checkpoint, precision="bf16")(x)
     assert bf16.tokens.dtype == torch.float32
     torch.testing.assert_close(bf16.tokens, fp32.tokens, rtol=0.05, atol=0.05)
+    assert not torch.equal(bf16.tokens, fp32.tokens)  # autocast did run in bf16
 
 
 def test_frozen_and_always_in_eval_mode(checkpoint):
