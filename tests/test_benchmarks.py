@@ -44,9 +44,12 @@ def test_one_step_gives_a_row(bench, precision):
 
 
 def test_a_failing_configuration_is_reported_in_its_row(bench):
+    # 30 px in patches of 16: a 1x1 grid, which 2x2 segments cannot split
     row = bench.run_config(bench.Config("fp32", "eager", 2), bench.Geometry(img_size=30),
                            steps=1, warmup=0)
-    assert row["status"] == "failed" and row["error"]
+    assert row["status"] == "failed"
+    assert row["error"].startswith("RecipeError: ") and "cannot be split into 2x2" in row["error"]
+    assert (row["precision"], row["mode"], row["batch"]) == ("fp32", "eager", 2)
 
 
 def test_table_lists_every_row(bench):
