@@ -222,10 +222,12 @@ def test_finetuning_a_finetune_checkpoint_is_refused(tmp_path, capsys):
 
 
 def test_data_workers_render_the_same_batches(pretrained, tmp_path):
+    with_workers = recipe_for(pretrained, "train.steps=2", "data.num_workers=2")
+    trainer, _ = build_finetuner(with_workers, tmp_path / "built", "ft.toml")
+    assert trainer.batches.loader.num_workers == 2  # the batches do come from worker processes
     inline = finetune(recipe_for(pretrained, "train.steps=2"), tmp_path / "inline", "ft.toml")
-    workers = finetune(recipe_for(pretrained, "train.steps=2", "data.num_workers=2"),
-                       tmp_path / "workers", "ft.toml")
-    assert workers.train.losses == inline.train.losses
+    workers = finetune(with_workers, tmp_path / "workers", "ft.toml")
+    assert len(inline.train.losses) == 2 and workers.train.losses == inline.train.losses
 
 
 @pytest.mark.slow
