@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import attrs
 import pytest
 import torch
 
@@ -86,6 +87,21 @@ def test_component_forward_backward(kind, name, tmp_path):
     assert not unused  # every trained parameter takes part in the loss (DDP needs this)
     assert any(p.grad.abs().sum() > 0 for p in model.decoders.parameters())
     assert not any(p.requires_grad for p in model.tokenizer.parameters())
+
+
+@pytest.mark.parametrize(("kind", "name"), BUILTINS, ids=[f"{k}-{n}" for k, n in BUILTINS])
+def test_component_config_is_a_frozen_instance_of_its_registered_class(kind, name, tmp_path):
+    """Also for configs without fields (raster, linear, mse): no attribute can be set."""
+    recipe = tiny_recipe(**EXAMPLES[kind, name](tmp_path))
+    tables = recipe.decoders if kind == "decoder" else (getattr(recipe, kind),)
+    configs = [table.config for table in tables if table.name == name]
+    assert configs, (kind, name)
+    registered = load_plugins(autoload=False).get(kind, name).config
+    for config in configs:
+        assert type(config) is registered
+        for attribute in [field.name for field in attrs.fields(registered)] + ["anything"]:
+            with pytest.raises(attrs.exceptions.FrozenInstanceError):
+                setattr(config, attribute, None)
 
 
 def test_checkpoint_state_leaves_tokenizer_out(tmp_path):
