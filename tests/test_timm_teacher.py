@@ -92,10 +92,21 @@ def test_reads_the_encoder_of_an_arvision_checkpoint(tmp_path, model):
     torch.testing.assert_close(teacher(path)(x).cls, reference[:, 0], rtol=0, atol=0)
 
 
-def test_token_spec_allocates_nothing():
+def test_token_spec_allocates_nothing(monkeypatch):
+    from timm.models.vision_transformer import VisionTransformer
+
+    built = []  # the devices of each ViT token_spec builds
+    init = VisionTransformer.__init__
+
+    def recorded(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        built.append({tensor.device.type for tensor in self.state_dict().values()})
+
+    monkeypatch.setattr(VisionTransformer, "__init__", recorded)
     spec = TimmTeacher.token_spec(TimmTeacherConfig(model="vit_huge_patch14_clip_224", layer=16),
                                   ImageSpec(224, 3, 16))
     assert (spec.grid, spec.dim, spec.cls) == ((16, 16), 1280, True)
+    assert built and all(devices == {"meta"} for devices in built), built
     with pytest.raises(ValueError, match="close: vit_tiny_patch16_224"):
         TimmTeacher.token_spec(TimmTeacherConfig(model="vit_tiny_patch16_22"), IMAGE)
     with pytest.raises(ValueError, match="layer 3 is past"):
