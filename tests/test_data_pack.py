@@ -151,8 +151,15 @@ def test_interrupted_pack_resumes_to_the_clean_pack(tmp_path, monkeypatch):
     assert sorted(records(broken.out)) == [key(i) for i in range(8)]  # two batches of 4 committed
     with pytest.raises(DataError, match="incomplete pack .no manifest."):
         LmdbImages(broken.out)
-    monkeypatch.setattr(pack_module, "_work", real_work)
+    packed = []  # the indices the resumed run reads
+
+    def counted(task, **kwargs):
+        packed.append(task[0])
+        return real_work(task, **kwargs)
+
+    monkeypatch.setattr(pack_module, "_work", counted)
     resumed = pack(broken)
+    assert packed == [8, 9, 10, 11]  # only what the interrupted run had not committed
     assert without_time(resumed) == without_time(clean)
     assert records(broken.out) == records(options.out)
 
