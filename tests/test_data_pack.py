@@ -164,12 +164,23 @@ def test_interrupted_pack_resumes_to_the_clean_pack(tmp_path, monkeypatch):
     assert records(broken.out) == records(options.out)
 
 
-def test_limited_pack_extends_to_the_full_pack(tmp_path, capsys):
+def test_limited_pack_extends_to_the_full_pack(tmp_path, capsys, monkeypatch):
+    import arvision.data.pack as pack_module
+
     image_tree(tmp_path / "src")
     args = ["data", "pack", tmp_path / "src", tmp_path / "p.lmdb", "--short-side", 16, "--workers", 1]
     assert run_cli(capsys, *args, "--limit", 5)[0] == 0
     assert manifest_of(tmp_path / "p.lmdb")["count"] == 5
+    packed, real_work = [], pack_module._work  # the indices the extending run reads
+
+    def counted(task, **kwargs):
+        packed.append(task[0])
+        return real_work(task, **kwargs)
+
+    monkeypatch.setattr(pack_module, "_work", counted)
     assert run_cli(capsys, *args)[0] == 0
+    assert packed == list(range(5, 12))  # the first 5 records are kept, not packed again
+    monkeypatch.undo()
     clean = ["data", "pack", tmp_path / "src", tmp_path / "clean.lmdb", "--short-side", 16]
     assert run_cli(capsys, *clean)[0] == 0
     clean_manifest = manifest_of(tmp_path / "clean.lmdb")
