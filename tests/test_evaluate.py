@@ -166,6 +166,7 @@ def test_eval_linear_and_knn_write_eval_json_and_reuse_the_cache(trained, capsys
     code, out, err = run_cli(capsys, "eval", "linear", str(trained))
     assert code == 0, err
     assert "linear" in out and "top-1 %" in out
+    assert err.count("extracting") == 2  # train and eval split, once
     cache = sorted((trained.parent / "features").glob("*.pt"))
     assert len(cache) == 2  # train and eval split
     stamps = [path.stat().st_mtime_ns for path in cache]
