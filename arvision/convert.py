@@ -91,15 +91,10 @@ _DECODER_BLOCK = {
 def load_digpt_official(path: str | Path) -> dict[str, Tensor]:
     """The weights of a D-iGPT checkpoint file (``{"model": ..., "args": Namespace, ...}`` as its
     ``misc.save_model`` writes, or a bare state dict), read without executing code."""
+    from .checkpoint import read_weights_only
+
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: checkpoint not found")
-    try:
-        with torch.serialization.safe_globals([argparse.Namespace]):  # its training args
-            data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise CheckpointError(f"{path}: unreadable checkpoint: {reason}") from None
+    data = read_weights_only(path, "checkpoint", allow=[argparse.Namespace])  # its training args
     return _unwrap(data, str(path))
 
 

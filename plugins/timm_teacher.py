@@ -8,16 +8,18 @@ fine-tuned by arvision (a plain timm checkpoint), or any timm ViT exported with 
   guessed from the checkpoint. Only the classifier side, which does not change the tokens, is read
   from the file: ``head.weight`` sets ``num_classes`` and ``fc_norm.weight`` (an average-pool
   fine-tune) selects ``global_pool='avg'``.
-- The file loads strictly (``timm.models.load_state_dict``: a bare state dict, or one under
-  ``state_dict``/``model``/EMA keys, ``module.`` prefixes removed; from an arvision training
-  checkpoint, the ``encoder.vit.*`` part). Missing, unexpected and mis-shaped keys are one
-  :class:`~arvision.errors.CheckpointError` line naming the file.
+- The file loads strictly (read weights-only, then picked as ``timm.models.load_state_dict``
+  does: a bare state dict, or one under ``state_dict``/``model``/EMA keys, ``module.`` prefixes
+  removed; from an arvision training checkpoint, the ``encoder.vit.*`` part). Missing,
+  unexpected and mis-shaped keys are one :class:`~arvision.errors.CheckpointError` line naming
+  the file.
 - Tokens: ``layer = None`` gives ``forward_features`` (after the final ``norm``; a model with
   ``fc_norm`` has an Identity there, as in timm); ``layer = k`` gives the raw output of block k
   (blocks after k are dropped at build time). Prefix tokens are split off; the class token, when
   the model has one, is the CLS target.
 """
 
+import argparse
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -26,11 +28,12 @@ import attrs
 import torch
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.models import load_state_dict
+from timm.models import clean_state_dict, load_state_dict
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 
 from arvision import hookimpl
+from arvision.checkpoint import UnreadableFile, read_weights_only
 from arvision.components import ImageSpec, Tokenizer, Tokens, TokenSpec
 from arvision.config import check, setting
 from arvision.errors import CheckpointError
@@ -165,7 +168,12 @@ def read_state_dict(path: Path) -> dict[str, Tensor]:
         what = "is a directory" if path.is_dir() else "does not exist"
         raise CheckpointError(f"tokenizer.checkpoint {path} {what}")
     try:
-        state = load_state_dict(str(path))
+        state = _timm_state_dict(path)
+    except UnreadableFile as exc:
+        raise CheckpointError(f"tokenizer.checkpoint {path} is not a readable weights file "
+                              f"({exc.reason})") from None
+    except CheckpointError:  # holds more than weights: refused, and said so
+        raise
     except Exception as exc:
         raise CheckpointError(f"tokenizer.checkpoint {path} is not a readable weights file "
                               f"({type(exc).__name__}: {_first_line(exc)})") from None
@@ -174,6 +182,19 @@ def read_state_dict(path: Path) -> dict[str, Tensor]:
     # An arvision training checkpoint ({"model": ARModel state}): its encoder is a timm ViT.
     return {key.removeprefix(ARVISION_ENCODER): value for key, value in state.items()
             if key.startswith(ARVISION_ENCODER)}
+
+
+def _timm_state_dict(path: Path) -> dict[str, Any]:
+    """``timm.models.load_state_dict(path)``, with the pickle read by arvision's weights-only
+    reader: the EMA weights if any, else those under ``state_dict`` or ``model``, else the whole."""
+    if path.suffix == ".safetensors":  # no pickle in it
+        return load_state_dict(str(path))
+    checkpoint = read_weights_only(path, "tokenizer.checkpoint", allow=[argparse.Namespace])
+    if isinstance(checkpoint, dict):
+        ema = [key for key in ("state_dict_ema", "model_ema") if checkpoint.get(key) is not None]
+        keys = ema + [key for key in ("state_dict", "model") if key in checkpoint]
+        checkpoint = checkpoint[keys[0]] if keys else checkpoint
+    return clean_state_dict(checkpoint)
 
 
 def load_strict(module: nn.Module, state: dict[str, Tensor], what: str, model: str) -> None:

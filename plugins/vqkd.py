@@ -31,7 +31,6 @@ dict with the weights under ``"model"`` (``"state_dict"`` or the top level also 
 the wrong shape is a one-line :class:`~arvision.errors.CheckpointError`.
 """
 
-import re
 from pathlib import Path
 
 import attrs
@@ -41,6 +40,7 @@ from timm.models.beit import Beit
 from torch import Tensor, nn
 
 from arvision import hookimpl
+from arvision.checkpoint import read_weights_only
 from arvision.components import ImageSpec, Tokenizer, Tokens, TokenSpec
 from arvision.config import check, setting
 from arvision.errors import CheckpointError
@@ -164,15 +164,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Tensor]:
         what = "is a directory" if path.is_dir() else "is missing"
         raise bad(f"{what}; expected the official BEiT v2 VQ-KD weights "
                   "(e.g. vqkd_encoder_base_decoder_3x768x12_clip-d5036aa7.pth)")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
-        if found:
-            raise bad(f"holds a pickled {found.group(1)}, which weights_only loading refuses; "
-                      "re-save just its weights dict with torch.save") from None
-        text = (str(exc).strip().splitlines() or [""])[0][:200]
-        raise bad(f"is not a PyTorch checkpoint ({type(exc).__name__}: {text})") from None
+    state = read_weights_only(path, "VQ-KD checkpoint")
     for wrapper in ("model", "state_dict"):
         if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
             state = state[wrapper]

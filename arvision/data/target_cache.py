@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from ..checkpoint import read_weights_only
 from ..errors import DataError
 from ..recipe import Recipe
 from .sampler import sample_seed
@@ -148,7 +149,7 @@ class TargetCache:
             raw = txn.get(_key(index, view))
         if raw is None:
             raise DataError(f"data.targets: {self.path} has no view {view} of image {index}")
-        record = torch.load(io.BytesIO(raw), weights_only=True)
+        record = read_weights_only(self.path, f"target record (image {index}, view {view})", data=raw)
         return View.from_tensor(record["view"]), record["tokens"], record["cls"]
 
     def __getstate__(self) -> dict[str, Any]:  # workers open their own environment

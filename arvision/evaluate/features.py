@@ -23,7 +23,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from ..build import Blueprint, build_model, resolve
-from ..checkpoint import load_checkpoint, save_atomic
+from ..checkpoint import load_checkpoint, read_weights_only, save_atomic
 from ..components import Tokenizer
 from ..data.loader import Transformed, build_dataset
 from ..data.views import View, ViewAugment
@@ -195,8 +195,8 @@ def extract_features(loaded: LoadedEncoder, split: str, blocks: Sequence[int], l
     have_pooled = pooled_path is not None and pooled_path.is_file()
     have_tokens = tokens_path is not None and tokens_path.is_file()
     if have_pooled and (have_tokens or not keep_tokens):
-        cached = torch.load(pooled_path, weights_only=True)
-        tokens = torch.load(tokens_path, weights_only=True)["tokens"] if keep_tokens else None
+        cached = read_weights_only(pooled_path, "feature cache")
+        tokens = read_weights_only(tokens_path, "feature cache")["tokens"] if keep_tokens else None
         stream = _streamer(dataset, extract) if with_tokens and not keep_tokens else None
         return Features(cached["pooled"], cached["labels"], tokens, stream)
     if log:
