@@ -127,6 +127,11 @@ def resolve(recipe: Recipe, source: str = "recipe", plugins: Plugins | None = No
     with torch.device("meta"):
         vit = _guard(source, "encoder", lambda: create_encoder_vit(enc, img_size, patch_size, channels))
     image = ImageSpec(vit.patch_embed.img_size[0], channels, vit.patch_embed.patch_size[0])
+    if enc.pos_embed == "sincos" and vit.embed_dim % 4:
+        default = "" if enc.embed_dim else f" (the default of {enc.name})"
+        raise RecipeError(f"{source}: encoder.pos_embed: 'sincos' needs encoder.embed_dim divisible "
+                          f"by 4 (a sine and a cosine of row and column), got {vit.embed_dim}"
+                          f"{default}; set encoder.embed_dim, or pos_embed = 'learned'")
     depth = len(vit.blocks)
     if any(not 1 <= tap <= depth for tap in enc.taps):
         raise RecipeError(f"{source}: encoder.taps: expected block numbers in 1..{depth}, got "
@@ -142,6 +147,11 @@ def resolve(recipe: Recipe, source: str = "recipe", plugins: Plugins | None = No
             raise RecipeError(
                 f"{source}: ordering: {ordering.layout.rows}x{ordering.layout.cols} segments do "
                 f"not divide the {what} grid {grid[0]}x{grid[1]}")
+    if ordering.layout.num_segments < 2:  # the encoder reads segments 1..S-1 and predicts S
+        raise RecipeError(
+            f"{source}: ordering: the {image.grid[0]}x{image.grid[1]} student grid (image "
+            f"{image.size} px, patch {image.patch_size}) makes a single segment: nothing to read "
+            "before predicting it; use a smaller encoder.patch_size or more segments")
     target_reg = plugins.get("target", recipe.target.name)
     target = _guard(source, "target", lambda: target_reg.factory(recipe.target.config, tokens))
     return Blueprint(recipe, source, plugins, data_size, image, tokens, ordering, target,

@@ -342,3 +342,79 @@ def saved_finetune_recipe_loads_back_equal(tmp_path, path):
     saved = tmp_path / "recipe.toml"
     saved.write_text(tomli_w.dumps(finetune_to_dict(recipe)))
     assert load_finetune_recipe(saved) == recipe
+
+
+def _shipped(name: str, **changes: dict[str, Any]) -> dict[str, Any]:
+    """recipes/NAME with ``changes`` merged into its tables (a ``None`` value removes the key)."""
+    import tomllib
+
+    data = tomllib.loads((REPO / "recipes" / name).read_text())
+    for section, values in changes.items():
+        data.setdefault(section, {}).update(values)
+    return data
+
+
+def _teacher(**overrides: Any) -> dict[str, Any]:
+    """A timm feature teacher of the tiny recipe's size (32 px, patch 8: a 4x4 grid), no weights."""
+    table = {"name": "timm", "model": "vit_tiny_patch16_224", "img_size": 32, "patch_size": 8,
+             "embed_dim": 32, "depth": 2, "num_heads": 2, **overrides}
+    return tiny_data(tokenizer={key: value for key, value in table.items() if value is not None},
+                     target={"name": "cosine"})
+
+
+# Encoder (and timm teacher) overrides that timm rejects with an assert, or that leave nothing to
+# predict: (id, recipe data, is a fine-tuning recipe, what the one line must say)
+ENCODER_CLASHES = [
+    ("digpt-fmnist-without-num-heads", _shipped("digpt_fmnist.toml", encoder={"num_heads": None}),
+     False, ["encoder.num_heads: 3 (the default of vit_tiny_patch16_224) does not divide "
+             "encoder.embed_dim 128", "set encoder.num_heads"]),
+    ("supervised-fmnist-without-num-heads",
+     _shipped("supervised_fmnist.toml", encoder={"num_heads": None}),
+     True, ["encoder.num_heads: 3 (the default of vit_tiny_patch16_224) does not divide "
+            "encoder.embed_dim 128", "set encoder.num_heads"]),
+    ("num-heads-does-not-divide-embed-dim", tiny_data(encoder={"embed_dim": 30, "num_heads": 4}),
+     False, ["encoder.num_heads: 4 does not divide encoder.embed_dim 30;"]),
+    ("num-heads-does-not-divide-the-default-embed-dim",
+     tiny_data(encoder={"embed_dim": None, "num_heads": 5}),
+     False, ["encoder.num_heads: 5 does not divide encoder.embed_dim 192 (the default of "
+             "vit_tiny_patch16_224)"]),
+    ("patch-larger-than-image", tiny_data(encoder={"patch_size": 32}),
+     False, ["encoder.patch_size: 32 is larger than encoder.img_size 16"]),
+    ("default-patch-larger-than-image", tiny_data(encoder={"img_size": 8, "patch_size": None}),
+     False, ["encoder.patch_size: 16 (the default of vit_tiny_patch16_224) is larger than "
+             "encoder.img_size 8"]),
+    ("patch-larger-than-image-in-finetuning",
+     _shipped("supervised_fmnist.toml", encoder={"img_size": 12, "patch_size": None}),
+     True, ["encoder.patch_size: 16 (the default of vit_tiny_patch16_224) is larger than "
+            "encoder.img_size 12"]),
+    ("sincos-needs-embed-dim-divisible-by-4",
+     tiny_data(encoder={"embed_dim": 34, "num_heads": 2, "pos_embed": "sincos"}),
+     False, ["encoder.pos_embed: 'sincos' needs encoder.embed_dim divisible by 4", "got 34"]),
+    ("patch-as-large-as-image-leaves-one-segment", tiny_data(encoder={"patch_size": 16}),
+     False, ["ordering: the 1x1 student grid", "single segment", "encoder.patch_size"]),
+    ("timm-teacher-without-num-heads", _teacher(num_heads=None),
+     False, ["tokenizer.num_heads: 3 (the default of vit_tiny_patch16_224) does not divide "
+             "tokenizer.embed_dim 32"]),
+    ("timm-teacher-patch-larger-than-image", _teacher(patch_size=64),
+     False, ["tokenizer.patch_size: 64 is larger than tokenizer.img_size 32"]),
+    ("token-pooling-without-class-token",
+     _shipped("supervised_fmnist.toml", encoder={"class_token": False},
+              finetune={"global_pool": "token"}),
+     True, ["finetune.global_pool: 'token'", "encoder.class_token is false"]),
+]
+
+
+def _drop_none(data: dict[str, Any]) -> dict[str, Any]:
+    """``None`` in a table means: leave the key out (TOML has no null)."""
+    return {key: _drop_none(value) if isinstance(value, dict) else value
+            for key, value in data.items() if value is not None}
+
+
+@pytest.mark.parametrize(("case", "recipe", "finetune", "more"), ENCODER_CLASHES,
+                         ids=_ids(ENCODER_CLASHES))
+def test_encoder_overrides_timm_rejects_are_one_line(tmp_path, capsys, case, recipe, finetune, more):
+    path = write(tmp_path, _drop_none(recipe))
+    code, out, err = run_cli(capsys, "check", str(path))
+    # Fine-tuning recipes' model errors do not name the file yet (finetune/summary.py).
+    line = assert_one_line_error(code, err, *([] if finetune else [str(path)]), *more)
+    assert "Traceback" not in err and "Error:" not in line and out == "", line

@@ -51,6 +51,10 @@ class Classifier(nn.Module):
 def create_classifier(recipe: FinetuneRecipe, num_classes: int) -> VisionTransformer:
     """The recipe's timm ViT with a ``num_classes`` head, random weights."""
     pool = recipe.finetune.global_pool
+    if pool == "token" and not recipe.encoder.class_token:  # timm asserts it
+        raise RecipeError("finetune.global_pool: 'token' pools the class token, and "
+                          "encoder.class_token is false; set global_pool = 'avg' or "
+                          "encoder.class_token = true")
     arguments = {**timm_arguments(recipe), "num_classes": num_classes, "global_pool": pool,
                  "fc_norm": pool == "avg", "drop_path_rate": recipe.encoder.drop_path}
     arguments.pop("pretrained")
