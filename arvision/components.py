@@ -14,6 +14,7 @@ target     ``factory(config, spec)``         :class:`Target`
 """
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import attrs
@@ -21,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from .plan import Plan, SegmentLayout
+from .seeds import seeded_generator
 
 __all__ = [
     "Decoder", "DecoderContext", "EncoderOutput", "ImageSpec", "Ordering", "Prediction", "Target",
@@ -103,7 +105,14 @@ class Tokenizer(nn.Module, ABC):
 
 
 class Ordering(ABC):
-    """Decides the segments of a grid (``layout``) and draws per-sample orders of them."""
+    """Decides the segments of a grid (``layout``) and draws per-sample orders of them.
+
+    Training asks for :meth:`plan_samples`: each sample's order drawn from its own seed (a
+    function of the run's seed, the epoch and the sample's index), so the same recipe trains the
+    same model on any number of ranks. Its default calls :meth:`plan` once per sample with a
+    generator seeded for that sample; an ordering may override it with a batched draw that gives
+    the same rows.
+    """
 
     layout: SegmentLayout
 
@@ -114,6 +123,11 @@ class Ordering(ABC):
     @abstractmethod
     def plan(self, batch_size: int, generator: torch.Generator | None = None,
              device: torch.device | str | None = None) -> Plan: ...
+
+    def plan_samples(self, seeds: Sequence[int], device: torch.device | str | None = None) -> Plan:
+        """One order per sample, row b drawn from a generator seeded with ``seeds[b]`` alone."""
+        rows = [self.plan(1, seeded_generator(seed), device).order for seed in seeds]
+        return Plan(self.layout, torch.cat(rows))
 
 
 @attrs.frozen

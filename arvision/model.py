@@ -16,6 +16,7 @@ from .components import Decoder, Ordering, Prediction, Target, Tokenizer, Tokens
 from .encoder import Encoder
 from .plan import Plan
 from .recipe import DecoderTable
+from .seeds import PLAN_STREAM, stream_seed
 
 __all__ = ["ARModel", "ModelOutput", "resample_segments"]
 
@@ -55,18 +56,26 @@ class ARModel(nn.Module):
         self._register_state_dict_hook(_drop_tokenizer)
         self._register_load_state_dict_pre_hook(self._keep_tokenizer)
 
-    def plan(self, batch: int, order: Tensor | None = None,
+    def plan(self, batch: int, order: Tensor | None = None, seeds: Tensor | None = None,
              generator: torch.Generator | None = None) -> Plan:
+        """A pinned ``order`` (B, S); else each sample's order drawn from its own seed (``seeds``
+        (B,), as training passes them); else ``batch`` orders drawn from ``generator``."""
+        device = self.encoder.vit.pos_embed.device
         if order is not None:
-            return Plan(self.ordering.layout, order.to(self.encoder.vit.pos_embed.device))
-        return self.ordering.plan(batch, generator, self.encoder.vit.pos_embed.device)
+            return Plan(self.ordering.layout, order.to(device))
+        if seeds is not None:
+            plan_seeds = [stream_seed(seed, PLAN_STREAM) for seed in seeds.tolist()]
+            return self.ordering.plan_samples(plan_seeds, device)
+        return self.ordering.plan(batch, generator, device)
 
     def forward(self, images: Tensor, tokens: Tokens | None = None, order: Tensor | None = None,
-                generator: torch.Generator | None = None) -> ModelOutput:
-        """Images (B, C, H, W) in [0, 1]; optional precomputed tokens and a pinned order (B, S)."""
+                seeds: Tensor | None = None, generator: torch.Generator | None = None
+                ) -> ModelOutput:
+        """Images (B, C, H, W) in [0, 1]; optional precomputed tokens; a pinned order (B, S), or
+        the samples' seeds (B,) their orders are drawn from (see :meth:`plan`)."""
         if tokens is None:
             tokens = self.tokenizer(images)
-        plan = self.plan(images.shape[0], order, generator)
+        plan = self.plan(images.shape[0], order, seeds, generator)
         ids = tokens.tokens if self.encoder.token_embed is not None else None
         memory = self.encoder(images, plan, ids)
         parts = {key: self.score(decoder(memory, plan), tokens, plan, self.tables[key].predicts)

@@ -62,9 +62,8 @@ class Job:
     kind: str = "pretrain"  # 'pretrain' or 'finetune': a checkpoint resumes only its own kind
 
 
-#: Turns a loader batch into the keyword arguments of the step module's forward (on ``device``;
-#: the generator is the trainer's own, checkpointed with the run).
-Inputs = Callable[[Sequence[Tensor], torch.device, torch.Generator], dict[str, Any]]
+#: Turns a loader batch into the keyword arguments of the step module's forward (on ``device``).
+Inputs = Callable[[Sequence[Tensor], torch.device], dict[str, Any]]
 ParamGroups = Callable[[nn.Module, float], list[dict[str, Any]]]
 
 
@@ -114,12 +113,12 @@ def make_scheduler(optimizer, config: TrainConfig, steps: int, steps_per_epoch: 
     )
 
 
-def pretrain_inputs(batch: Sequence[Tensor], device: torch.device, generator: torch.Generator
-                    ) -> dict[str, Any]:
-    """``ARModel`` arguments from ``(images, labels)`` or a target-cache batch (labels unused)."""
-    images, _labels, *cached = batch
+def pretrain_inputs(batch: Sequence[Tensor], device: torch.device) -> dict[str, Any]:
+    """``ARModel`` arguments from ``(images, labels, seeds)`` or a target-cache batch (labels
+    unused; each sample's seed draws its segment order)."""
+    images, _labels, seeds, *cached = batch
     return {"images": images.to(device, non_blocking=True), "tokens": cached_tokens(cached, device),
-            "generator": generator}
+            "seeds": seeds}
 
 
 def cached_tokens(cached: Sequence[Tensor], device: torch.device) -> Tokens | None:
@@ -159,7 +158,6 @@ class Trainer:
     ema: ModelEmaV3 | None
     ema_source: torch.nn.Module  # the part of the model the EMA follows
     batches: Any
-    generator: torch.Generator  # the step's own draws (segment orders), checkpointed
     micro_batch: int
     accumulation: int
     total_steps: int
@@ -179,7 +177,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         for index in range(self.accumulation):
             tick = time.perf_counter()
-            inputs = self.inputs(next(self.batches), self.device, self.generator)
+            inputs = self.inputs(next(self.batches), self.device)
             waited += time.perf_counter() - tick
             last = index == self.accumulation - 1
             sync = contextlib.nullcontext() if last or not hasattr(self.step_module, "no_sync") \
@@ -231,7 +229,7 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
             "ema": self.ema.module.state_dict() if self.ema is not None else None,
             "step": self.step, "skipped": self.skipped,
-            "rng": rng_state({"plan": self.generator}),
+            "rng": rng_state({}),
             "data": self.batches.state_dict(),
             "recipe": self.job.recipe, "kind": self.job.kind,
             "world": self.ranks.world,
@@ -260,7 +258,7 @@ class Trainer:
         if self.ema is not None and state.get("ema") is not None:
             self.ema.module.load_state_dict(state["ema"])
         self.step, self.skipped = state["step"], state["skipped"]
-        restore_rng_state(own["rng"], {"plan": self.generator})
+        restore_rng_state(own["rng"], {})
         self.batches.load_state_dict(own["data"])
 
 
@@ -269,7 +267,7 @@ def compile_blocks(model: torch.nn.Module) -> None:
     decoders). Compiling the whole model fails in dynamo on the plan's attrs classes, and blocks
     are where the time goes."""
     for name, module in model.named_modules():
-        if name.endswith("blocks") and isinstance(module, torch.nn.ModuleList):
+        if name.endswith("blocks") and isinstance(module, torch.nn.ModuleList | torch.nn.Sequential):
             for block in module:
                 block.compile()
 
@@ -328,7 +326,6 @@ def assemble_trainer(job: Job, out_dir: Path, ranks: Ranks, device: torch.device
         scheduler=make_scheduler(optimizer, config, total, steps_per_epoch),
         scaler=torch.amp.GradScaler(device.type, enabled=config.precision == "fp16"), ema=ema,
         ema_source=ema_source, batches=batches,
-        generator=torch.Generator(device).manual_seed(config.seed + 7919 * ranks.rank),
         micro_batch=micro_batch, accumulation=accumulation, total_steps=total,
     )
 

@@ -8,8 +8,9 @@ from arvision.components import Ordering
 from arvision.config import check, setting
 from arvision.plan import Plan, SegmentLayout
 
-__all__ = ["RandomOrdering", "RandomSegmentsOrdering", "RasterOrdering", "SegmentsConfig",
-           "SegmentsOrdering", "TokenOrderConfig"]
+__all__ = ["RandomOrdering", "RandomSegmentsOrdering", "RasterOrdering", "SegmentOrdering",
+           "SegmentsConfig", "SegmentsOrdering", "TokenOrderConfig", "TokenOrdering",
+           "same_for_every_sample"]
 
 positive = check(lambda v: v > 0, "a number > 0")
 
@@ -28,23 +29,34 @@ def shuffled(layout: SegmentLayout, batch_size: int, generator: torch.Generator 
     return Plan(layout, keys.argsort(dim=1).to(device))
 
 
+def same_for_every_sample(ordering: Ordering, seeds, device=None) -> Plan:
+    """``plan_samples`` of an ordering that draws nothing: one plan for the whole batch."""
+    return ordering.plan(len(seeds), None, device)
+
+
 @attrs.frozen
 class TokenOrderConfig:
     """One token per segment; no options."""
 
 
-class RasterOrdering(Ordering):
-    """One token per segment, row by row: the order of iGPT and AIM."""
+class TokenOrdering(Ordering):
+    """One token per segment."""
 
     def __init__(self, config: TokenOrderConfig, grid: tuple[int, int]) -> None:
         super().__init__(config, grid)
         self.layout = SegmentLayout(*grid)
 
+
+class RasterOrdering(TokenOrdering):
+    """One token per segment, row by row: the order of iGPT and AIM."""
+
+    plan_samples = same_for_every_sample
+
     def plan(self, batch_size, generator=None, device=None) -> Plan:
         return in_order(self.layout, batch_size, device)
 
 
-class RandomOrdering(RasterOrdering):
+class RandomOrdering(TokenOrdering):
     """One token per segment, in a random order per sample (a per-token permutation)."""
 
     def plan(self, batch_size, generator=None, device=None) -> Plan:
@@ -57,8 +69,8 @@ class SegmentsConfig:
     cols: int = setting(2, "segments per row of the image", validator=positive)
 
 
-class SegmentsOrdering(Ordering):
-    """``rows x cols`` equal segments visited in raster order."""
+class SegmentOrdering(Ordering):
+    """``rows x cols`` equal segments."""
 
     def __init__(self, config: SegmentsConfig, grid: tuple[int, int]) -> None:
         super().__init__(config, grid)
@@ -67,11 +79,17 @@ class SegmentsOrdering(Ordering):
         if self.layout.num_segments < 2:
             raise ValueError("needs at least 2 segments: one to see and one to predict")
 
+
+class SegmentsOrdering(SegmentOrdering):
+    """``rows x cols`` equal segments visited in raster order."""
+
+    plan_samples = same_for_every_sample
+
     def plan(self, batch_size, generator=None, device=None) -> Plan:
         return in_order(self.layout, batch_size, device)
 
 
-class RandomSegmentsOrdering(SegmentsOrdering):
+class RandomSegmentsOrdering(SegmentOrdering):
     """``rows x cols`` equal segments in a random permutation per sample (D-iGPT: 2x2)."""
 
     def plan(self, batch_size, generator=None, device=None) -> Plan:

@@ -23,7 +23,7 @@ def folder_pack(tmp_path):
     return tmp_path / "train.lmdb"
 
 
-def take(batches, count: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def take(batches, count: int) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     return [next(batches) for _ in range(count)]
 
 
@@ -34,20 +34,20 @@ def test_lmdb_source_batches_and_resume(folder_pack, workers):
     dataset = build_dataset(config)
     assert len(dataset) == 12 and dataset.classes == list(CLASSES)
     first = take(build_batches(dataset, config, 4, 8, seed=3), 5)  # crosses an epoch
-    for images, labels in first:
+    for images, labels, _seeds in first:
         assert images.shape == (4, 3, 8, 8) and images.min() >= 0 and images.max() <= 1
         assert set(labels.tolist()) <= {0, 1, 2}
     reference = take(build_batches(dataset, DataConfig(source="lmdb", root=str(folder_pack),
                                                        crop_scale=(0.5, 1.0), flip=True), 4, 8, 3), 5)
-    for (a, la), (b, lb) in zip(first, reference, strict=True):  # workers change nothing
-        assert torch.equal(a, b) and torch.equal(la, lb)
+    for (a, la, sa), (b, lb, sb) in zip(first, reference, strict=True):  # workers change nothing
+        assert torch.equal(a, b) and torch.equal(la, lb) and torch.equal(sa, sb)
     batches = build_batches(dataset, config, 4, 8, seed=3)
     take(batches, 2)
     state = batches.state_dict()
     resumed = build_batches(build_dataset(config), config, 4, 8, seed=3)
     resumed.load_state_dict(state)
-    for (a, la), (b, lb) in zip(take(resumed, 3), first[2:], strict=True):
-        assert torch.equal(a, b) and torch.equal(la, lb)
+    for (a, la, sa), (b, lb, sb) in zip(take(resumed, 3), first[2:], strict=True):
+        assert torch.equal(a, b) and torch.equal(la, lb) and torch.equal(sa, sb)
 
 
 def test_lmdb_source_errors(tmp_path, folder_pack):
@@ -87,7 +87,7 @@ def test_image_folder_skips_and_names_bad_files(tmp_path, capfd, workers):
         assert len(dataset.skipped) == 3
     else:
         batches = build_batches(dataset, config, 5, 8, seed=0)
-        for images, _ in take(batches, 6):  # two epochs: every item, batches stay full
+        for images, _, _ in take(batches, 6):  # two epochs: every item, batches stay full
             assert images.shape == (5, 3, 8, 8)
         del batches
     err = capfd.readouterr().err

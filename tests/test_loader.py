@@ -24,18 +24,22 @@ def test_image_folder_yields_cropped_float_images(tmp_path):
     dataset = build_dataset(config)
     assert len(dataset) == 6
     loader = build_loader(dataset, config, batch_size=3, size=16, seed=0)
-    images, labels = next(iter(loader))
+    images, labels, seeds = next(iter(loader))
     assert images.shape == (3, 3, 16, 16) and images.dtype == torch.float32
     assert images.min() >= 0 and images.max() <= 1
     assert set(labels.tolist()) <= {0, 1}
+    assert seeds.dtype == torch.int64 and len(set(seeds.tolist())) == 3  # one seed per sample
 
 
 def test_loader_order_is_seeded(tmp_path):
     image_tree(tmp_path)
     config = DataConfig(source="imagefolder", root=str(tmp_path))
-    first = [labels.tolist() for _, labels in build_loader(build_dataset(config), config, 2, 8, 3)]
-    again = [labels.tolist() for _, labels in build_loader(build_dataset(config), config, 2, 8, 3)]
-    assert first == again
+    def order(seed: int) -> list[float]:  # each image has its own constant grey level
+        loader = build_loader(build_dataset(config), config, 2, 8, seed)
+        return [value for images, _, _ in loader for value in images[:, 0, 0, 0].tolist()]
+
+    assert order(3) == order(3)
+    assert sorted(order(3)) == sorted(order(4)) and order(3) != order(4)
 
 
 @pytest.mark.parametrize(("root", "message"), [

@@ -3,7 +3,9 @@
 import pytest
 import torch
 
+from arvision.build import build_model, resolve
 from arvision.plan import Plan, SegmentLayout, block_causal_mask
+from conftest import tiny_recipe
 
 
 def test_segment_positions_cover_cells_in_raster_order():
@@ -43,3 +45,25 @@ def test_block_causal_mask_cls_sees_all_and_only_last_segment_sees_cls():
     assert mask[0].all()
     assert mask[:, 0].tolist() == [True, False, False, False, False, True, True]
     assert torch.equal(mask[1:, 1:], block_causal_mask(3, 2, cls=False))
+
+
+@pytest.mark.parametrize("name", ["random_segments", "random"])
+def test_a_samples_order_depends_on_its_seed_alone(name):
+    """Training draws each sample's order from its own seed: the same seed gives the same order
+    in any batch, at any position, next to any other samples (so any number of ranks agree)."""
+    layout = {"rows": 2, "cols": 2} if name == "random_segments" else {}
+    recipe = tiny_recipe(ordering={"name": name, **layout})
+    model = build_model(resolve(recipe))
+    seeds = torch.arange(1000, 1032)
+    together = model.plan(32, seeds=seeds).order
+    alone = torch.cat([model.plan(1, seeds=seeds[i:i + 1]).order for i in range(32)])
+    reversed_batch = model.plan(32, seeds=seeds.flip(0)).order.flip(0)
+    assert torch.equal(together, alone) and torch.equal(together, reversed_batch)
+    assert len({tuple(row) for row in together.tolist()}) > 8  # the seeds do draw different orders
+    assert not torch.equal(model.plan(32, seeds=seeds + 1).order, together)
+
+
+def test_fixed_orders_ignore_the_seeds():
+    model = build_model(resolve(tiny_recipe(ordering={"name": "segments", "rows": 2, "cols": 2})))
+    order = model.plan(5, seeds=torch.arange(5)).order
+    assert order.tolist() == [[0, 1, 2, 3]] * 5

@@ -35,7 +35,7 @@ def test_cached_run_gives_the_online_teachers_loss_for_the_same_view(tmp_path):
     cached_recipe = tiny_recipe(data={**VIEWS, "targets": str(path)})
     trainer = build_trainer(cached_recipe, tmp_path / "run", "tiny.toml", None)
     assert trainer.model.tokenizer is None  # no teacher is built
-    images, _labels, *cached = next(trainer.batches)
+    images, _labels, _seeds, *cached = next(trainer.batches)
     tokens = cached_tokens(cached, torch.device("cpu"))
     online_model = build_model(resolve(recipe, "tiny.toml"))
     online_model.load_state_dict(trainer.model.state_dict())
@@ -48,8 +48,13 @@ def test_cached_run_gives_the_online_teachers_loss_for_the_same_view(tmp_path):
     torch.testing.assert_close(from_cache, from_teacher, rtol=1e-3, atol=1e-4)
 
 
-def test_training_on_a_cache_runs_without_the_tokenizer(tmp_path):
+def test_training_on_a_cache_runs_without_the_tokenizer(tmp_path, monkeypatch):
     _recipe, path, _ = make_cache(tmp_path)
+
+    def no_tokenizer(*_args, **_kwargs):
+        raise AssertionError("the tokenizer was built for a run on a target cache")
+
+    monkeypatch.setattr("arvision.build.build_tokenizer", no_tokenizer)
     result = train(tiny_recipe(data={**VIEWS, "targets": str(path)}, train={"steps": 3}),
                    tmp_path / "run")
     assert result.steps == 3 and all(torch.isfinite(torch.tensor(result.losses)))

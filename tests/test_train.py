@@ -181,8 +181,6 @@ def test_compiled_blocks_train(compiled_run):
     assert compiled == pytest.approx(eager, rel=1e-4)
 
 
-@pytest.mark.xfail(strict=True, reason="compile_blocks compiles nn.ModuleList blocks only; timm's "
-                   "VisionTransformer.blocks is an nn.Sequential, so no encoder block is compiled")
 def test_compile_reaches_the_encoder_blocks(compiled_run):
     _eager, _compiled, blocks = compiled_run
     assert blocks["encoder.vit.blocks"] == [True, True]

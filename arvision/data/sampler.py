@@ -1,9 +1,11 @@
 """Deterministic, resumable data order: every random choice is a function of (seed, epoch, index).
 
 The sampler yields ``(epoch, index)`` keys, each rank taking its share of one seeded permutation per
-epoch; :class:`Augmented` seeds the augmentation of each sample from its key. So a sample looks the
-same whichever worker loads it, and a resumed run (torchdata's ``StatefulDataLoader`` fast-forwards
-the sampler within the epoch) sees exactly the batches the uninterrupted run would have.
+epoch; :class:`Augmented` seeds the augmentation of each sample from its key and hands the key's
+seed on with the item, for the step's own per-sample draws (segment orders). So a sample looks and
+is ordered the same whichever worker loads it and however many ranks train, and a resumed run
+(torchdata's ``StatefulDataLoader`` fast-forwards the sampler within the epoch) sees exactly the
+batches the uninterrupted run would have.
 """
 
 from collections.abc import Iterator
@@ -13,21 +15,10 @@ import torch
 from torch.utils.data import Dataset, Sampler
 from torchdata.stateful_dataloader import StatefulDataLoader
 
+from ..seeds import sample_seed, seeded_generator
 from .views import ViewAugment
 
 __all__ = ["Augmented", "Batches", "EpochSampler", "sample_seed"]
-
-_MIX = 0x9E3779B97F4A7C15
-_MASK = (1 << 63) - 1
-
-
-def sample_seed(seed: int, epoch: int, index: int) -> int:
-    """A 63-bit seed determined by (seed, epoch, index)."""
-    value = seed
-    for part in (epoch, index):
-        value = ((value ^ part) * _MIX + part + 1) & ((1 << 64) - 1)
-        value ^= value >> 31
-    return value & _MASK
 
 
 class EpochSampler(Sampler[tuple[int, int]]):
@@ -51,7 +42,8 @@ class EpochSampler(Sampler[tuple[int, int]]):
 
 
 class Augmented(Dataset):
-    """``(image, label)`` items rendered as a view drawn from their ``(epoch, index)`` key."""
+    """``(image, label, seed)`` items: the image rendered as a view drawn from its ``(epoch,
+    index)`` key, and that key's seed (:func:`~arvision.seeds.sample_seed`)."""
 
     def __init__(self, dataset: Dataset, augment: ViewAugment, seed: int) -> None:
         self.dataset, self.augment, self.seed = dataset, augment, seed
@@ -62,8 +54,9 @@ class Augmented(Dataset):
     def __getitem__(self, key: tuple[int, int]):
         epoch, index = key
         image, label = self.dataset[index]
-        generator = torch.Generator().manual_seed(sample_seed(self.seed, epoch, index))
-        return self.augment.render(image, self.augment.draw(image, generator)), label
+        seed = sample_seed(self.seed, epoch, index)
+        view = self.augment.draw(image, seeded_generator(seed))
+        return self.augment.render(image, view), label, seed
 
 
 class Batches:

@@ -25,7 +25,7 @@ from torch.utils.data import Dataset
 from ..checkpoint import read_weights_only
 from ..errors import DataError
 from ..recipe import Recipe
-from .sampler import sample_seed
+from ..seeds import sample_seed
 from .views import View, ViewAugment
 
 __all__ = ["CachedViews", "TargetCache", "fingerprint", "write_target_cache"]
@@ -157,7 +157,8 @@ class TargetCache:
 
 
 class CachedViews(Dataset):
-    """Training items from a cache: one of K cached views per ``(epoch, index)``, with its tokens."""
+    """Training items from a cache: one of K cached views per ``(epoch, index)``, with its tokens:
+    ``(image, label, seed, tokens, cls)`` (``seed``: the key's, as :class:`Augmented` gives)."""
 
     def __init__(self, dataset: Dataset, augment: ViewAugment, cache: TargetCache, seed: int) -> None:
         self.dataset, self.augment, self.cache, self.seed = dataset, augment, cache, seed
@@ -167,9 +168,9 @@ class CachedViews(Dataset):
 
     def __getitem__(self, key: tuple[int, int]):
         epoch, index = key
-        view = sample_seed(self.seed, epoch, index) % self.cache.manifest["views"]
-        crop, tokens, cls = self.cache.views_of(index, view)
+        seed = sample_seed(self.seed, epoch, index)
+        crop, tokens, cls = self.cache.views_of(index, seed % self.cache.manifest["views"])
         image, label = self.dataset[index]
         empty = torch.zeros(0, dtype=torch.float16)
-        return self.augment.render(image, crop), label, tokens, empty if cls is None else cls
+        return self.augment.render(image, crop), label, seed, tokens, empty if cls is None else cls
 

@@ -134,8 +134,7 @@ class MixedInputs:
                                prob=tune.mix_prob, switch_prob=tune.switch_prob, mode="batch",
                                label_smoothing=tune.label_smoothing, num_classes=num_classes)
 
-    def __call__(self, batch: Sequence[Tensor], device: torch.device, _generator: torch.Generator
-                 ) -> dict[str, Tensor]:
+    def __call__(self, batch: Sequence[Tensor], device: torch.device) -> dict[str, Tensor]:
         images, labels = batch
         images = images.to(device, non_blocking=True)
         labels = labels.to(device, non_blocking=True)
