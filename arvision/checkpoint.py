@@ -18,8 +18,8 @@ import torch
 from .errors import CheckpointError
 
 __all__ = ["UnreadableFile", "load_checkpoint", "prune", "rank_part", "read_weights_only",
-           "restore_rng_state", "rng_state", "save_atomic", "save_checkpoint", "saved_steps",
-           "step_path"]
+           "refuse_unsafe_file", "restore_rng_state", "rng_state", "save_atomic",
+           "save_checkpoint", "saved_steps", "step_path"]
 
 FORMAT = "arvision-checkpoint"
 STEP_FILE = re.compile(r"step_\d{8}\.pt")
@@ -85,11 +85,24 @@ def read_weights_only(path: str | Path, what: str, *, data: bytes | None = None,
     except Exception as exc:
         error, unsafe = exc, []
     if unsafe:
-        raise CheckpointError(f"{path}: {what} holds objects other than tensors and plain containers "
-                              f"({', '.join(unsafe)}); not loaded, for safety") from None
+        raise _unsafe_error(path, what, unsafe) from None
     reason = _reason(error)
     raise UnreadableFile(f"{path}: unreadable {what} (truncated, or not a PyTorch checkpoint: "
                          f"{reason})", reason) from None
+
+
+def refuse_unsafe_file(path: str | Path, what: str) -> None:
+    """Raise what :func:`read_weights_only` would for a file that would run code, reading only its
+    pickle's opcodes (not its tensors): for files another library loads (open_clip)."""
+    path = Path(path)
+    unsafe = _unsafe_globals(path, None, [])
+    if unsafe:
+        raise _unsafe_error(path, what, unsafe)
+
+
+def _unsafe_error(path: Path, what: str, unsafe: list[str]) -> CheckpointError:
+    return CheckpointError(f"{path}: {what} holds objects other than tensors and plain containers "
+                           f"({', '.join(unsafe)}); not loaded, for safety")
 
 
 def _reason(exc: Exception) -> str:

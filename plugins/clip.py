@@ -37,6 +37,7 @@ from open_clip.transformer import VisionTransformer
 from torch import Tensor
 
 from arvision import hookimpl
+from arvision.checkpoint import refuse_unsafe_file
 from arvision.components import ImageSpec, Tokenizer, Tokens, TokenSpec
 from arvision.config import check, setting
 from arvision.errors import CheckpointError
@@ -158,6 +159,7 @@ class ClipTokenizer(Tokenizer):
         name = config.model.replace("/", "-")
         vision = model_config(name)["vision_cfg"]
         path, tag = resolve_pretrained(config, name)
+        refuse_unsafe_file(path, "tokenizer.pretrained checkpoint")  # before open_clip unpickles it
         self.size = self.spec.grid[0] * _side(vision["patch_size"], "patch_size", name)
         resize = {} if self.size == _side(vision["image_size"], "image_size", name) else {
             "force_image_size": self.size}  # the checkpoint's position embedding is resampled

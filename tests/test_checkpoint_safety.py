@@ -22,7 +22,7 @@ import torch
 from arvision.checkpoint import UnreadableFile, read_weights_only
 from arvision.errors import CheckpointError
 from conftest import REPO, TINY, run_cli, tiny_data
-from teachers import TINY_VIT
+from teachers import TINY_CLIP, TINY_VIT, register_clip_config
 
 
 class Payload:
@@ -58,6 +58,17 @@ def finetune_recipe(tmp: Path, checkpoint: Path) -> dict:
             "train": {"batch_size": 8, "steps": 1, "precision": "fp32"}}
 
 
+def clip_run(tmp: Path, checkpoint: Path) -> list:
+    """``arvision run`` with a CLIP teacher (the tiny open_clip config) reading ``checkpoint``."""
+    register_clip_config(TINY_CLIP)
+    recipe = tiny_data(
+        encoder={"img_size": 32, "patch_size": 8},
+        data={"synthetic": {"num_images": 16, "image_size": 32, "channels": 3, "num_classes": 2}},
+        tokenizer={"name": "clip", "model": TINY_CLIP, "pretrained": str(checkpoint)},
+        target={"name": "cosine"})
+    return ["run", write_recipe(tmp / "clip.toml", recipe), "--out", tmp / "out"]
+
+
 #: command -> (where the hostile file goes under tmp, argv given tmp and that file)
 COMMANDS: dict[str, tuple[str, Callable[[Path, Path], list]]] = {
     "eval linear": ("ckpt.pt", lambda tmp, ckpt: ["eval", "linear", ckpt]),
@@ -76,6 +87,7 @@ COMMANDS: dict[str, tuple[str, Callable[[Path, Path], list]]] = {
         "run", write_recipe(tmp / "teacher.toml", tiny_data(tokenizer={
             "name": "timm", **TINY_VIT, "checkpoint": str(ckpt)})),
         "--out", tmp / "out"]),
+    "run clip teacher": ("clip.pt", lambda tmp, ckpt: clip_run(tmp, ckpt)),
     "run vqkd": ("vqkd.pth", lambda tmp, ckpt: [
         "run", write_recipe(tmp / "vqkd.toml", tiny_data(
             tokenizer={"name": "vqkd", "checkpoint": str(ckpt), "size": 16, "patch_size": 4,
