@@ -6,12 +6,24 @@ features once (cached under the run directory), runs the probes and merges the r
 """
 
 from .attentive import AttentiveProbe, attentive_probe
+from .baselines import PIXEL_PROBES, pixel_features, random_init_encoder, raw_pixel_probes
 from .features import Features, LoadedEncoder, default_blocks, extract_features, load_encoder
-from .probes import LINEAR_LRS, LINEAR_WEIGHT_DECAYS, knn_probe, linear_probe, topk_accuracy, whiten
-from .runner import PROBES, read_results, run_probes, write_results
+from .probes import (
+    KNN_KS,
+    LINEAR_LRS,
+    LINEAR_WEIGHT_DECAYS,
+    heldout_split,
+    knn_probe,
+    linear_probe,
+    topk_accuracy,
+    whiten,
+)
+from .runner import PROBES, check_probes, probe_encoder, read_results, run_probes, write_results
 
 __all__ = [
-    "LINEAR_LRS", "LINEAR_WEIGHT_DECAYS", "PROBES", "AttentiveProbe", "Features", "LoadedEncoder",
-    "attentive_probe", "default_blocks", "extract_features", "knn_probe", "linear_probe",
-    "load_encoder", "read_results", "run_probes", "topk_accuracy", "whiten", "write_results",
+    "KNN_KS", "LINEAR_LRS", "LINEAR_WEIGHT_DECAYS", "PIXEL_PROBES", "PROBES", "AttentiveProbe",
+    "Features", "LoadedEncoder", "attentive_probe", "check_probes", "default_blocks",
+    "extract_features", "heldout_split", "knn_probe", "linear_probe", "load_encoder",
+    "pixel_features", "probe_encoder", "random_init_encoder", "raw_pixel_probes", "read_results",
+    "run_probes", "topk_accuracy", "whiten", "write_results",
 ]

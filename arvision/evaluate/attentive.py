@@ -11,14 +11,16 @@ streamed) token features, without augmentation.
 """
 
 import contextlib
+import functools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .probes import one_thread, topk_accuracy
+from .probes import heldout_split, one_thread, topk_accuracy
 
 __all__ = ["AttentiveProbe", "attentive_probe"]
 
@@ -58,12 +60,44 @@ def _fetcher(source: TokenSource) -> Callable[[Tensor], Tensor]:
 
 def attentive_probe(train: TokenSource, train_y: Tensor, eval_: TokenSource, eval_y: Tensor,
                     num_heads: int, epochs: int = 10, lr: float = 1e-2, weight_decay: float = 0.05,
-                    batch_size: int = 256, min_steps: int = 200, seed: int = 0
-                    ) -> dict[str, float]:
-    """Train the probe on ``train`` tokens, score ``eval_``. Returns top1 [, top5] and settings."""
+                    batch_size: int = 256, min_steps: int = 200, seed: int = 0,
+                    lrs: Sequence[float] | None = None, heldout: float = 0.1) -> dict[str, Any]:
+    """Train the probe on ``train`` tokens, score ``eval_``. Returns top1 [, top5] and settings.
+
+    ``lrs``: candidate learning rates, chosen by top-1 on a seeded ``heldout`` part of train (the
+    probe trained on the rest); the winner is retrained on all of train. Without ``lrs``: ``lr``.
+    """
     fetch_train, fetch_eval = _fetcher(train), _fetcher(eval_)
     classes = int(max(train_y.max().item(), eval_y.max().item())) + 1
-    sample = fetch_train(torch.arange(1))  # (1, T, D)
+    fit = functools.partial(_fit, num_heads=num_heads, classes=classes, epochs=epochs,
+                            weight_decay=weight_decay, batch_size=batch_size,
+                            min_steps=min_steps, seed=seed)
+    chosen, held_top1 = lrs[0] if lrs else lr, None
+    split = heldout_split(train_y.shape[0], heldout, seed) if lrs and len(lrs) > 1 else None
+    if split is not None:
+        part, held = split
+        for candidate in lrs:
+            probe, _ = fit(lambda index, part=part: fetch_train(part[index]), train_y[part],
+                           lr=candidate)
+            logits = _predict(probe, lambda index: fetch_train(held[index]), held.shape[0],
+                              batch_size)
+            top1 = topk_accuracy(logits, train_y[held], classes)["top1"]
+            if held_top1 is None or top1 > held_top1:
+                chosen, held_top1 = candidate, top1
+    probe, epochs = fit(fetch_train, train_y, lr=chosen)
+    logits = _predict(probe, fetch_eval, eval_y.shape[0], batch_size)
+    result = {**topk_accuracy(logits, eval_y, classes), "epochs": epochs, "lr": chosen,
+              "weight_decay": weight_decay, "heads": num_heads}
+    if lrs:
+        result.update(lrs=list(lrs), heldout_top1=held_top1)
+    return result
+
+
+def _fit(fetch: Callable[[Tensor], Tensor], labels: Tensor, *, num_heads: int, classes: int,
+         epochs: int, lr: float, weight_decay: float, batch_size: int, min_steps: int, seed: int
+         ) -> tuple[AttentiveProbe, int]:
+    """A seeded probe trained on the tokens ``fetch`` gives for labels (N,); (probe, epochs run)."""
+    sample = fetch(torch.arange(1))  # (1, T, D)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         probe = AttentiveProbe(sample.shape[-1], classes, num_heads)
@@ -72,7 +106,7 @@ def attentive_probe(train: TokenSource, train_y: Tensor, eval_: TokenSource, eva
     rest = [p for p in probe.parameters() if p.ndim <= 1 or p is probe.query]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
                                    {"params": rest, "weight_decay": 0.0}], lr=lr)
-    count = train_y.shape[0]
+    count = labels.shape[0]
     batch = min(batch_size, count)
     per_epoch = math.ceil(count / batch)
     epochs = max(epochs, math.ceil(min_steps / per_epoch))
@@ -81,13 +115,16 @@ def attentive_probe(train: TokenSource, train_y: Tensor, eval_: TokenSource, eva
         optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * step / total)))
     small = batch * sample.shape[1] * sample.shape[2] < MIN_THREADED
     with one_thread() if small else contextlib.nullcontext():
-        probe = _train(probe, fetch_train, train_y, optimizer, schedule, epochs, batch, gen)
-        with torch.no_grad():
-            logits = torch.cat([probe(fetch_eval(torch.arange(start, min(start + batch_size,
-                                                                         eval_y.shape[0]))))
-                                for start in range(0, eval_y.shape[0], batch_size)])
-    return {**topk_accuracy(logits, eval_y, classes), "epochs": epochs, "lr": lr,
-            "weight_decay": weight_decay, "heads": num_heads}
+        probe = _train(probe, fetch, labels, optimizer, schedule, epochs, batch, gen)
+    return probe, epochs
+
+
+@torch.no_grad()
+def _predict(probe: AttentiveProbe, fetch: Callable[[Tensor], Tensor], count: int,
+             batch_size: int) -> Tensor:
+    """Logits (N, C) of the ``count`` token sets ``fetch`` gives, in order."""
+    return torch.cat([probe(fetch(torch.arange(start, min(start + batch_size, count))))
+                      for start in range(0, count, batch_size)])
 
 
 def _train(probe: AttentiveProbe, fetch: Callable[[Tensor], Tensor], labels: Tensor, optimizer,

@@ -13,22 +13,26 @@ weight-decay grid is chosen on a seeded 10% held-out part of train (best held-ou
 lowest held-out loss), then the probe is retrained on all of train and scored on the eval split.
 
 k-NN: DINO's weighted vote. Features are L2-normalised; each eval image takes its ``k`` most
-cosine-similar train images, each voting for its class with weight exp(similarity / T).
+cosine-similar train images, each voting for its class with weight exp(similarity / T). Given
+several ``ks``, k is chosen the same way: the held-out 10% of train votes with the other 90% as
+the bank (best held-out top-1; ties go to the earlier k), then all of train is the bank.
 """
 
 import contextlib
 import math
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["LINEAR_LRS", "LINEAR_WEIGHT_DECAYS", "fit_linear", "knn_probe", "linear_probe",
-           "topk_accuracy", "whiten"]
+__all__ = ["KNN_KS", "LINEAR_LRS", "LINEAR_WEIGHT_DECAYS", "fit_linear", "heldout_split",
+           "knn_probe", "linear_probe", "topk_accuracy", "whiten"]
 
 LINEAR_LRS = (1e-3, 1e-2, 1e-1)
 LINEAR_WEIGHT_DECAYS = (0.0, 1e-2, 1e-1)
+KNN_KS = (5, 10, 20, 50)  # the k-NN sweep of ablations (``arvision eval knn`` uses one --k)
 
 
 def topk_accuracy(scores: Tensor, labels: Tensor, num_classes: int) -> dict[str, float]:
@@ -37,6 +41,16 @@ def topk_accuracy(scores: Tensor, labels: Tensor, num_classes: int) -> dict[str,
     top = scores.topk(max(ks), dim=1).indices  # (N, k)
     hits = top == labels[:, None]  # (N, k)
     return {f"top{k}": round(100.0 * hits[:, :k].any(1).double().mean().item(), 4) for k in ks}
+
+
+def heldout_split(count: int, heldout: float, seed: int) -> tuple[Tensor, Tensor] | None:
+    """A seeded split of ``count`` train indices: (fit (N - n,), held-out (n,)), n = round(count x
+    heldout); None when either part would be empty."""
+    order = torch.randperm(count, generator=torch.Generator().manual_seed(seed))
+    cut = round(count * heldout)
+    if cut < 1 or cut >= count:
+        return None
+    return order[cut:], order[:cut]
 
 
 def _num_classes(*labels: Tensor) -> int:
@@ -108,12 +122,11 @@ def linear_probe(train_x: Tensor, train_y: Tensor, eval_x: Tensor, eval_y: Tenso
     """
     train_x, eval_x = whiten(train_x, eval_x)
     classes = _num_classes(train_y, eval_y)
-    order = torch.randperm(train_x.shape[0], generator=torch.Generator().manual_seed(seed))
-    cut = round(train_x.shape[0] * heldout)
+    split = heldout_split(train_x.shape[0], heldout, seed)
     grid = [(lr, wd) for lr in lrs for wd in weight_decays]
     best, best_score = grid[len(grid) // 2], None
-    if cut >= 1 and len(grid) > 1:
-        held, fit = order[:cut], order[cut:]
+    if split is not None and len(grid) > 1:
+        fit, held = split
         for lr, wd in grid:
             head = fit_linear(train_x[fit], train_y[fit], classes, lr, wd, epochs, seed=seed)
             with torch.no_grad():
@@ -129,18 +142,52 @@ def linear_probe(train_x: Tensor, train_y: Tensor, eval_x: Tensor, eval_y: Tenso
             "heldout_top1": best_score[0] if best_score else None}
 
 
+def _knn_votes(sims: Tensor, labels: Tensor, classes: int, k: int, temperature: float
+               ) -> Tensor:
+    """Class scores (b, C) from the neighbours' similarities and labels (b, >= k), best first."""
+    weights = (sims[:, :k] / temperature).exp()  # (b, k)
+    votes = torch.zeros(sims.shape[0], classes)  # (b, C)
+    return votes.scatter_add_(1, labels[:, :k], weights)
+
+
+def _knn_scores(bank_x: Tensor, bank_y: Tensor, query_x: Tensor, classes: int, ks: Sequence[int],
+                temperature: float, chunk: int) -> dict[int, Tensor]:
+    """For each k in ``ks``: class scores (N, C) of the queries (N, D) against the bank (M, D)."""
+    bank = F.normalize(bank_x.float(), dim=1)  # (M, D)
+    top = min(max(ks), bank.shape[0])
+    scores: dict[int, list[Tensor]] = {k: [] for k in ks}
+    for start in range(0, query_x.shape[0], chunk):
+        query = F.normalize(query_x[start:start + chunk].float(), dim=1)  # (b, D)
+        sims, index = (query @ bank.T).topk(top, dim=1)  # (b, top) each, most similar first
+        for k in ks:
+            scores[k].append(_knn_votes(sims, bank_y[index], classes, min(k, top), temperature))
+    return {k: torch.cat(parts) for k, parts in scores.items()}
+
+
 def knn_probe(train_x: Tensor, train_y: Tensor, eval_x: Tensor, eval_y: Tensor, k: int = 20,
-              temperature: float = 0.07, chunk: int = 1024) -> dict[str, float]:
-    """DINO's weighted k-NN on cosine similarity. Returns top1 [, top5], k, temperature."""
+              temperature: float = 0.07, chunk: int = 1024, ks: Sequence[int] | None = None,
+              heldout: float = 0.1, seed: int = 0) -> dict[str, Any]:
+    """DINO's weighted k-NN on cosine similarity. Returns top1 [, top5], k, temperature.
+
+    ``ks``: candidate k, chosen by held-out top-1 on a seeded ``heldout`` part of train (the rest
+    is the bank); the result then also holds ``ks`` and ``heldout_top1``. Without ``ks``: ``k``.
+    """
     classes = _num_classes(train_y, eval_y)
-    k = min(k, train_x.shape[0])
-    bank = F.normalize(train_x.float(), dim=1)  # (N, D)
-    scores = []
-    for start in range(0, eval_x.shape[0], chunk):
-        query = F.normalize(eval_x[start:start + chunk].float(), dim=1)  # (b, D)
-        sims, index = (query @ bank.T).topk(k, dim=1)  # (b, k) each
-        weights = (sims / temperature).exp()  # (b, k)
-        votes = torch.zeros(query.shape[0], classes)  # (b, C)
-        scores.append(votes.scatter_add_(1, train_y[index], weights))
-    return {**topk_accuracy(torch.cat(scores), eval_y, classes), "k": k,
-            "temperature": temperature}
+    chosen, held_top1 = k, None
+    split = heldout_split(train_x.shape[0], heldout, seed) if ks and len(ks) > 1 else None
+    if split is not None:
+        fit, held = split
+        scores = _knn_scores(train_x[fit], train_y[fit], train_x[held], classes, ks, temperature,
+                             chunk)
+        for candidate in ks:
+            top1 = topk_accuracy(scores[candidate], train_y[held], classes)["top1"]
+            if held_top1 is None or top1 > held_top1:
+                chosen, held_top1 = candidate, top1
+    elif ks:
+        chosen = ks[0]
+    chosen = min(chosen, train_x.shape[0])
+    scores = _knn_scores(train_x, train_y, eval_x, classes, (chosen,), temperature, chunk)[chosen]
+    result = {**topk_accuracy(scores, eval_y, classes), "k": chosen, "temperature": temperature}
+    if ks:
+        result.update(ks=list(ks), heldout_top1=held_top1)
+    return result
