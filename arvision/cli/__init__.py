@@ -4,6 +4,7 @@ import sys
 
 import typer
 
+from ..ablate.command import ablate
 from ..errors import ArvisionError
 from ..plugins import Plugins, get_plugins
 from . import check, convert, data, evaluate, export, plugins_command, run
@@ -21,6 +22,7 @@ def build_app(plugins: Plugins) -> typer.Typer:
                       pretty_exceptions_enable=False, rich_markup_mode=None)
     app.command("run")(run.run)
     app.command("check")(check.check)
+    app.command("ablate")(ablate)
     app.command("plugins")(plugins_command.plugins)
     app.add_typer(convert.convert_app(), name="convert")
     app.command("export")(export.export)
