@@ -59,11 +59,16 @@ def _best(tables: Tables) -> dict[str, set[str]]:
     return best
 
 
+def _delta(name: str) -> bool:
+    """Whether the report shows a difference column for this metric."""
+    return name.endswith(HIGHER) or name == "final_loss"
+
+
 def _variant_table(tables: Tables) -> list[str]:
     names, best = tables.metrics, _best(tables)
     reference = tables.plan.ablation.reference
     head = ["variant", "seeds"] + [col for name in names
-                                   for col in (name, f"Δ {name}")] + \
+                                   for col in ((name, f"Δ {name}") if _delta(name) else (name,))] + \
         ["params", "FLOPs/img (train)", "train compute", "train time", "img/s", "peak RSS"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for agg in tables.aggregates:
@@ -73,8 +78,9 @@ def _variant_table(tables: Tables) -> list[str]:
             value = agg["metrics"].get(name)
             shown = value.show(2 if name.endswith(HIGHER) else 4) if value else "-"
             cells.append(f"**{shown}**" if agg["label"] in best.get(name, ()) else shown)
-            delta = agg["delta"].get(name)
-            cells.append(delta.show(2 if name.endswith(HIGHER) else 4) if delta else "-")
+            if _delta(name):
+                delta = agg["delta"].get(name)
+                cells.append(delta.show(2 if name.endswith(HIGHER) else 4) if delta else "-")
         wall = agg["train_s"]
         cells += [_si(agg["params"]), _si(agg["flops_per_image"]), _si(agg["train_flops"]),
                   duration(wall.mean) if wall else "-",
@@ -84,7 +90,7 @@ def _variant_table(tables: Tables) -> list[str]:
     for row in tables.baselines:
         cells = [row["label"], "-"] + [c for name in names for c in
                                        (f"{row[name]:.2f}" if row.get(name) is not None else "-",
-                                        "")]
+                                        "")[:2 if _delta(name) else 1]]
         lines.append("| " + " | ".join(cells + ["-"] * 6) + " |")
     return lines
 
@@ -95,6 +101,7 @@ def _runs_table(tables: Tables, report_dir: Path) -> list[str]:
             "result"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for run, row in zip(tables.plan.runs, tables.rows, strict=True):
+        inside = report_dir.resolve() in run.directory.resolve().parents  # else not published
         result = os.path.relpath(run.directory / "result.json", report_dir)
         cells = [run.label, str(run.seed), row["status"],
                  *(f"{row[name]:.2f}" if row.get(name) is not None else "-" for name in accuracies),
@@ -102,7 +109,7 @@ def _runs_table(tables: Tables, report_dir: Path) -> list[str]:
                  duration(row.get("wall_s")) if row.get("wall_s") else "-",
                  f"`{row['git'][:12]}`" if row.get("git") else "-",
                  f"[{run.name}.toml](recipes/{run.name}.toml)",
-                 f"[result.json]({result})" if row["status"] == "finished" else "-"]
+                 f"[result.json]({result})" if row["status"] == "finished" and inside else "-"]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
@@ -137,8 +144,10 @@ def _markdown(tables: Tables, info: dict[str, Any], report_dir: Path) -> str:
         f"- protocol: {_protocol(plan)}", "",
         "## Variants", "",
         "Mean over seeds with a 95% bootstrap interval [low, high]; **bold**: the best mean of "
-        f"each column. Δ: difference to `{plan.ablation.reference}`, paired by seed. Train time: "
-        "steps x median step time.", "",
+        f"each column. Δ: difference to `{plan.ablation.reference}`, paired by seed. Losses of "
+        "different objectives (targets, decoders) are not comparable. Train time: steps x median "
+        "step time. The hyperparameters each probe chose are in results.csv (linear_lr, "
+        "linear_weight_decay, knn_k).", "",
         *_variant_table(tables), "",
         "## Plots", "",
         "![loss curves](plots/loss.png)", "", "![probe accuracy](plots/accuracy.png)", "",
