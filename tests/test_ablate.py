@@ -102,6 +102,7 @@ def test_tiny_ablation_runs_to_a_report(finished):
     for row in rows:
         assert float(row["linear_top1"]) > 0 and row["knn_k"] in ("1", "5")
         assert float(row["final_loss"]) > 0 and row["steps"] == "8" and row["train_flops"]
+        assert row["threads"] == "1"  # [launcher] threads, as the worker computed with
         run = out / "runs" / row["run"]
         assert (run / "checkpoint.pt").is_file() and (run / "result.json").is_file()
     for name in ("loss", "accuracy", "compute"):
@@ -189,13 +190,16 @@ def test_sigkill_then_restart_leaves_finished_runs_untouched_and_ends_equal(fini
     deadline = time.monotonic() + 300
     while not mid_run() and driver.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
+    partial = [run for run in (out / "runs").iterdir() if not (run / "result.json").exists()]
     driver.send_signal(signal.SIGKILL)
     driver.wait()
-    for _ in range(100):  # the workers die with the ablation
+    for _ in range(30):  # the workers die with the ablation, at once
         if not workers_of(out):
             break
         time.sleep(0.1)
     assert not workers_of(out)
+    time.sleep(2)
+    assert not any((run / "result.json").exists() for run in partial)  # no orphan finished one
     done = [run for run in (out / "runs").iterdir() if (run / "result.json").exists()]
     assert 2 <= len(done) < 8
     before = {run.name: snapshot(run) for run in done}

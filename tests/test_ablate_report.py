@@ -97,3 +97,20 @@ def test_report_files_from_finished_runs(tmp_path):
         with Image.open(report / "plots" / f"{name}.png") as image:
             image.verify()
             assert image.format == "PNG" and image.size[0] > 300
+
+
+def test_progress_eta_from_the_pace_so_far(tmp_path):
+    from io import StringIO
+
+    from rich.console import Console
+
+    from arvision.ablate.progress import AblationProgress, duration
+
+    assert [duration(s) for s in (5, 65, 3725, None)] == ["5s", "1m05s", "1h02m", "?"]
+    progress = AblationProgress(total=5, jobs=2, console=Console(file=StringIO()))
+    assert progress.eta([]) is None  # nothing measured yet
+    progress.durations = [100.0, 140.0]  # two runs took 120 s on average
+    progress.done = 2
+    progress.active = {"a": (None, 0.0)}
+    # the running one has 30 s left; 2 more wait: (30 + 2 x 120) / 2 jobs
+    assert progress.eta([(4, 1.0, 30.0)]) == 135.0

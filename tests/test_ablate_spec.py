@@ -179,3 +179,13 @@ def test_a_bad_command_line_set_names_the_variant(tmp_path, capsys):
     assert code == 2
     assert "ablation.toml: variant mse ordering.name=raster: --set 'train.steps.x=1': " \
         "train.steps is a value, not a table" in stderr
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="fp16 runs with CUDA")
+def test_dry_run_shows_the_sizes_when_steps_cannot_be_timed_here(tmp_path, capsys):
+    out = tmp_path / "out"
+    code, stdout, _ = run_cli(capsys, "ablate", write(tmp_path, GRID), "--out", out, "--dry-run",
+                              "--set", "train.precision=fp16")
+    assert code == 0 and not out.exists()
+    assert "could not time steps here" in stdout and "fp16" in stdout
+    assert "8 of 8 runs to do" in stdout and stdout.count("gen-and-disc ordering.name=") == 4

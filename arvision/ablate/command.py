@@ -82,7 +82,12 @@ def ablate(
         ["--jobs", str(jobs), "--threads", str(threads), "--launcher", launcher.value] + \
         [item for assignment in overrides for item in ("--set", assignment)]
     command = shlex.join(["arvision", "ablate", *options])
-    outcome = run_ablation(plan, runner, jobs, report_dir, console, poll, command)
+    try:
+        outcome = run_ablation(plan, runner, jobs, report_dir, console, poll, command)
+    except KeyboardInterrupt:
+        typer.echo("arvision ablate: interrupted; the same command continues where it stopped",
+                   err=True)
+        raise typer.Exit(130) from None
     tables = write_report(plan, report_dir, _read_info(out))
     print_summary(tables, _stdout())
     typer.echo(f"report: {report_dir / 'report.md'}")

@@ -17,7 +17,7 @@ import shlex
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -102,56 +102,68 @@ def _last_line(path: Path) -> str:
     return ""
 
 
+def _info(plan: Plan, jobs: int, command: str) -> dict[str, Any]:
+    """What OUT/ablation.json and the report's header record about this invocation."""
+    return {"file": str(plan.ablation.path), "command": command, "git": git_version(),
+            "machine": machine(), "threads": plan.threads, "jobs": jobs,
+            "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "runs": [{"name": run.name, "label": run.label, "seed": run.seed,
+                      "identity": run.identity} for run in plan.runs]}
+
+
 def run_ablation(plan: Plan, launcher: Any, jobs: int, report_dir: Path, console: Console,
                  poll_s: float = 0.5, command: str | None = None) -> Outcome:
     """Run every unfinished run (baselines first), ``jobs`` at a time; report as they finish.
 
     ``command``: how the ablation was started, for the report (default: this process's argv).
     """
-    command = command or shlex.join(sys.argv)
-    info = {"file": str(plan.ablation.path), "command": command, "git": git_version(),
-            "machine": machine(), "threads": plan.threads, "jobs": jobs,
-            "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "runs": [{"name": run.name, "label": run.label, "seed": run.seed,
-                      "identity": run.identity} for run in plan.runs]}
-    failed: dict[str, str] = {}
+    info = _info(plan, jobs, command or shlex.join(sys.argv))
     with ablation_lock(plan.out):
         write_json(plan.out / "ablation.json", info)
         todo = [run for run in plan.all_runs if not plan.finished(run)]
         write_report(plan, report_dir, info)
-        handles: dict[str, tuple[PlannedRun, Handle]] = {}
         with AblationProgress(len(todo), jobs, console) as progress:
-            for run in todo:
-                handle = launcher.attach(run.directory)
-                if handle is not None:
-                    handles[run.name] = (run, handle)
-                    progress.started(run)
-            queue = [run for run in todo if run.name not in handles]
-            try:
-                while queue or handles:
-                    while queue and len(handles) < jobs:
-                        run = queue.pop(0)
-                        prepare(plan, run, info)
-                        handles[run.name] = (run, launcher.start(run.directory, plan.threads))
-                        progress.started(run)
-                    for name, (run, handle) in list(handles.items()):
-                        code = handle.poll()
-                        if code is None:
-                            continue
-                        del handles[name]
-                        ok = plan.finished(run)
-                        note = "" if ok else f"exit {code}: {_last_line(handle.log_path())} " \
-                            f"(log: {handle.log_path()})"
-                        if not ok:
-                            failed[name] = note
-                        progress.finished(run, ok, note)
-                        write_report(plan, report_dir, info, set(failed))
-                    progress.refresh()
-                    time.sleep(poll_s)
-            except BaseException:
-                for _, handle in handles.values():
-                    handle.stop()
-                raise
+            failed = _launch_all(plan, todo, launcher, jobs, poll_s, info, progress,
+                                 lambda failed: write_report(plan, report_dir, info, failed))
         write_report(plan, report_dir, info, set(failed))
     finished = sum(plan.finished(run) for run in plan.all_runs)
     return Outcome(finished, tuple(failed.items()))
+
+
+def _launch_all(plan: Plan, todo: list[PlannedRun], launcher: Any, jobs: int, poll_s: float,
+                info: dict[str, Any], progress: AblationProgress,
+                report: Callable[[set[str]], Any]) -> dict[str, str]:
+    """Start, poll and collect until every run in ``todo`` ended; {failed run: why}. On any
+    exit (Ctrl-C included) the runs still going are stopped."""
+    failed: dict[str, str] = {}
+    handles: dict[str, tuple[PlannedRun, Handle]] = {}
+    for run in todo:  # Slurm jobs of an earlier invocation that still run
+        handle = launcher.attach(run.directory)
+        if handle is not None:
+            handles[run.name] = (run, handle)
+            progress.started(run)
+    queue = [run for run in todo if run.name not in handles]
+    try:
+        while queue or handles:
+            while queue and len(handles) < jobs:
+                run = queue.pop(0)
+                prepare(plan, run, info)
+                handles[run.name] = (run, launcher.start(run.directory, plan.threads))
+                progress.started(run)
+            for name, (run, handle) in list(handles.items()):
+                code = handle.poll()
+                if code is None:
+                    continue
+                del handles[name]
+                ok = plan.finished(run)
+                if not ok:
+                    log = handle.log_path()
+                    failed[name] = f"exit {code}: {_last_line(log)} (log: {log})"
+                progress.finished(run, ok, failed.get(name, ""))
+                report(set(failed))
+            progress.refresh()
+            time.sleep(poll_s)
+    finally:
+        for _, handle in handles.values():
+            handle.stop()
+    return failed

@@ -41,7 +41,8 @@ from ..train import train
 
 __all__ = ["KNN_KS", "LINEAR_LRS", "LINEAR_WEIGHT_DECAYS", "PROBES", "Recipe", "apply_override",
            "canonical", "describe", "evaluate_baselines", "evaluate_checkpoint", "pretrain",
-           "read_base", "set_threads", "structure_config", "time_steps", "validate"]
+           "read_base", "set_threads", "structure_config", "threads_in_use", "time_steps",
+           "validate"]
 
 read_base = read_recipe_data  # a recipe file's tables, ``--set`` overrides applied
 
@@ -128,3 +129,8 @@ def time_steps(recipe: Recipe, steps: int = 4) -> float:
 def set_threads(threads: int) -> None:
     """Intra-op threads of this process (interop threads cannot change once work has run)."""
     torch.set_num_threads(threads)
+
+
+def threads_in_use() -> int:
+    """The intra-op threads this process computes with."""
+    return torch.get_num_threads()

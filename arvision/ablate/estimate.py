@@ -47,7 +47,12 @@ def measure_rate(plan: Plan, steps: int = 4) -> tuple[float, PlannedRun] | None:
 
 def dry_run(plan: Plan, jobs: int, console: Console, timing: bool = True) -> list[dict[str, Any]]:
     """Print the table of variants x seeds with parameters, FLOPs per image and estimated time."""
-    measured = measure_rate(plan) if timing else None
+    measured, problem = None, None
+    if timing:
+        try:
+            measured = measure_rate(plan)
+        except Exception as exc:  # no data or device here: the table still shows the sizes
+            problem = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
     rate = measured[0] if measured else None
     rows = []
     table = Table("variant", "seed", "status", "params", "FLOPs/img fwd", "FLOPs/img train",
@@ -70,6 +75,9 @@ def dry_run(plan: Plan, jobs: int, console: Console, timing: bool = True) -> lis
                       f"{_si(rate)}FLOP/s, measured by timing steps of "
                       f"'{measured[1].label}' here with {plan.threads} thread(s); training only "
                       "(evaluation not included), an estimate", highlight=False, soft_wrap=True)
+    if problem:
+        console.print(f"could not time steps here ({problem}): no time estimates",
+                      highlight=False, soft_wrap=True)
     known = [row["estimated_s"] for row in todo if row["estimated_s"] is not None]
     total = sum(known) / max(1, jobs) if len(known) == len(todo) else None
     console.print(f"{len(todo)} of {len(rows)} runs to do"

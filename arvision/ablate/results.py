@@ -18,7 +18,7 @@ HIGHER = "top1"  # metrics ending so are accuracies (higher is better)
 LOWER = ("final_loss", "best_loss")  # lower is better
 CHOSEN = {"linear": ("lr", "weight_decay"), "knn": ("k",), "attentive": ("lr",)}
 RUN_FIELDS = ("steps", "final_loss", "best_loss", "train_s", "wall_s", "step_time_s",
-              "images_per_s", "peak_rss_mib", "peak_cuda_mib")
+              "images_per_s", "peak_rss_mib", "peak_cuda_mib", "threads")
 
 
 def run_row(run: PlannedRun, result: dict[str, Any] | None, status: str) -> dict[str, Any]:

@@ -82,9 +82,10 @@ def execute(run_dir: Path) -> dict[str, Any] | None:
             payload = {"probes": engine.evaluate_checkpoint(checkpoint, protocol), "steps": steps,
                        **loss_stats(read_metrics(run_dir / "metrics.jsonl"))}
         result = {key: task[key] for key in ("kind", "label", "variant", "axes", "seed",
-                                             "identity", "protocol_id", "threads", "costs",
-                                             "command", "git")}
-        result.update(payload, wall_s=round(time.perf_counter() - started, 2),
+                                             "identity", "protocol_id", "costs", "command",
+                                             "git")}
+        result.update(payload, threads=engine.threads_in_use(),
+                      wall_s=round(time.perf_counter() - started, 2),
                       **_peak_memory(), finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
         write_json(run_dir / "result.json", result)
         return result
