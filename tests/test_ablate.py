@@ -5,6 +5,7 @@ and --jobs 2 against --jobs 1."""
 import csv
 import hashlib
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -208,3 +209,33 @@ def test_sigkill_then_restart_leaves_finished_runs_untouched_and_ends_equal(fini
     assert results(out) == results(finished[1])
     resumed = [log for log in (out / "runs").glob("*/log.txt") if "resuming" in log.read_text()]
     assert resumed, "the interrupted run should have resumed from its step checkpoint"
+
+
+FAILING = '''base = "base.toml"
+
+[set]
+"train.steps" = 4
+
+[[variants]]
+name = "fine"
+
+[[variants]]
+name = "too-few-images"  # valid, but the data set is smaller than a batch: fails when it trains
+set = { "data.synthetic.num_images" = 4 }
+
+[eval]
+knn_ks = [1, 5]
+random_init = false
+raw_pixels = false
+'''
+
+
+def test_a_failing_run_is_reported_and_the_others_finish(tmp_path, capsys):
+    path = write_ablation(tmp_path, text=FAILING)
+    out = tmp_path / "out"
+    assert ablate(path, "--out", out, "--jobs", 2) == 1
+    err = capsys.readouterr().err
+    assert re.search(r"run too-few-images-seed0-\w+ failed: exit 2: arvision: error: .*"
+                     r"train\.batch_size: 8 is larger than the data set \(4 images\)", err), err
+    assert [row["status"] for row in results(out)] == ["finished", "failed"]
+    assert "1 of 2 runs finished, 1 failed" in (out / "report.md").read_text()

@@ -17,6 +17,7 @@ seeds = [0, 1]
 
 [set]
 "train.steps" = 4
+"train.device" = "cpu"  # two tasks train with gloo even where there is one GPU
 
 [eval]
 knn_ks = [1, 5]

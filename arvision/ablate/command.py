@@ -66,7 +66,7 @@ def ablate(
         show(plan, jobs, _stdout())
         return
     from .driver import run_ablation
-    from .report import print_summary, write_report
+    from .report import print_summary
 
     if slurm:
         from .launchers import SubmititLauncher
@@ -88,8 +88,7 @@ def ablate(
         typer.echo("arvision ablate: interrupted; the same command continues where it stopped",
                    err=True)
         raise typer.Exit(130) from None
-    tables = write_report(plan, report_dir, _read_info(out))
-    print_summary(tables, _stdout())
+    print_summary(outcome.tables, _stdout())
     typer.echo(f"report: {report_dir / 'report.md'}")
     if outcome.failed:
         for name, why in outcome.failed:
@@ -104,9 +103,3 @@ def _stdout():
 
     console = Console()
     return console if console.is_terminal else Console(width=160)
-
-
-def _read_info(out: Path) -> dict:
-    from .files import read_json
-
-    return read_json(out / "ablation.json") or {}

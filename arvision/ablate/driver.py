@@ -30,6 +30,7 @@ from .launchers import Handle
 from .plan import Plan, PlannedRun
 from .progress import AblationProgress
 from .report import write_report
+from .results import Tables
 
 __all__ = ["Outcome", "git_version", "machine", "run_ablation"]
 
@@ -38,6 +39,7 @@ __all__ = ["Outcome", "git_version", "machine", "run_ablation"]
 class Outcome:
     finished: int
     failed: tuple[tuple[str, str], ...]  # (run name, why)
+    tables: Tables  # what the final report shows
 
 
 def git_version() -> str:
@@ -125,9 +127,9 @@ def run_ablation(plan: Plan, launcher: Any, jobs: int, report_dir: Path, console
         with AblationProgress(len(todo), jobs, console) as progress:
             failed = _launch_all(plan, todo, launcher, jobs, poll_s, info, progress,
                                  lambda failed: write_report(plan, report_dir, info, failed))
-        write_report(plan, report_dir, info, set(failed))
+        tables = write_report(plan, report_dir, info, set(failed))
     finished = sum(plan.finished(run) for run in plan.all_runs)
-    return Outcome(finished, tuple(failed.items()))
+    return Outcome(finished, tuple(failed.items()), tables)
 
 
 def _launch_all(plan: Plan, todo: list[PlannedRun], launcher: Any, jobs: int, poll_s: float,
