@@ -71,6 +71,11 @@ def test_report_files_from_finished_runs(tmp_path):
     fake_results(plan, lambda run: 80.0 + bonus[run.label] + run.seed)
     stale = plan.runs[-1].directory / "result.json"  # an older identity counts as not finished
     stale.write_text(stale.read_text().replace(plan.runs[-1].identity, "0" * 64))
+    other = plan.runs[-2].directory / "result.json"  # another protocol: evaluated again
+    assert plan.finished(plan.runs[-2])
+    other.write_text(other.read_text().replace(plan.protocol_id, "1" * 16))
+    assert not plan.finished(plan.runs[-2])
+    other.write_text(other.read_text().replace("1" * 16, plan.protocol_id))
     report = tmp_path / "report"
     write_report(plan, report, {"command": "arvision ablate x", "git": "abc123",
                                 "machine": {"summary": "test machine"}}, failed=set())
