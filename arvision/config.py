@@ -16,11 +16,12 @@ import cattrs
 from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, IterableValidationError
 from cattrs.gen import make_dict_structure_fn
 
-__all__ = ["TRANSPARENT", "FieldError", "check", "error_lines", "make_converter", "setting"]
+__all__ = ["INLINE_FIELD", "FieldError", "check", "error_lines", "make_converter", "non_negative",
+           "positive", "probability", "setting", "unit_interval"]
 
-#: An attribute that holds a nested config whose keys sit at its parent's level in the recipe
-#: (a component table's own keys); it does not appear in error paths.
-TRANSPARENT = "component_config"
+#: The name of an attribute whose keys sit at its parent's level in the recipe: a component
+#: table's own keys beside ``name``, ``predicts``, ... It does not appear in error paths.
+INLINE_FIELD = "component_config"
 
 
 class FieldError(ValueError):
@@ -40,6 +41,13 @@ def check(predicate: Callable[[Any], bool], expected: str):
             raise FieldError(attribute.name, f"expected {expected}, got {value!r}")
 
     return validator
+
+
+#: Validators of numeric recipe settings (None passes: an unset optional key).
+positive = check(lambda v: v > 0, "a number > 0")
+non_negative = check(lambda v: v >= 0, "a number >= 0")
+probability = check(lambda v: 0 <= v <= 1, "a number in [0, 1]")
+unit_interval = check(lambda v: 0 < v <= 1, "a number in (0, 1]")
 
 
 def setting(default: Any = attrs.NOTHING, help: str = "", **kwargs: Any) -> Any:
@@ -123,7 +131,7 @@ def error_lines(exc: BaseException, path: tuple[str, ...] = ()) -> list[tuple[st
         for sub, note in noted:
             step = getattr(note, "name", None)
             step = f"[{note.index}]" if step is None else step
-            pairs += error_lines(sub, path if step == TRANSPARENT else (*path, step))
+            pairs += error_lines(sub, path if step == INLINE_FIELD else (*path, step))
         for sub in plain:
             pairs += error_lines(sub, path)
         return pairs

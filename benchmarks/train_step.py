@@ -51,6 +51,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from arvision.build import Blueprint, build_model, resolve
 from arvision.components import Tokens
+from arvision.plugins import get_plugins
 from arvision.recipe import structure_recipe
 
 __all__ = [
@@ -117,7 +118,8 @@ def recipe_data(geometry: Geometry) -> dict[str, Any]:
 
 
 def make_blueprint(geometry: Geometry) -> Blueprint:
-    return resolve(structure_recipe(recipe_data(geometry), "benchmarks/train_step.py"))
+    return resolve(structure_recipe(recipe_data(geometry), "benchmarks/train_step.py",
+                                    get_plugins()))
 
 
 def make_inputs(blueprint: Blueprint, batch: int, device: torch.device | str
