@@ -16,8 +16,8 @@ import cattrs
 from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, IterableValidationError
 from cattrs.gen import make_dict_structure_fn
 
-__all__ = ["INLINE_FIELD", "FieldError", "check", "error_lines", "make_converter", "non_negative",
-           "positive", "probability", "setting", "unit_interval"]
+__all__ = ["INLINE_FIELD", "FieldError", "check", "error_lines", "make_converter", "model_override",
+           "non_negative", "positive", "probability", "setting", "unit_interval"]
 
 #: The name of an attribute whose keys sit at its parent's level in the recipe: a component
 #: table's own keys beside ``name``, ``predicts``, ... It does not appear in error paths.
@@ -56,6 +56,12 @@ def setting(default: Any = attrs.NOTHING, help: str = "", **kwargs: Any) -> Any:
     if isinstance(default, list | dict | set):
         raise TypeError("use an immutable default (a tuple) for recipe settings")
     return attrs.field(default=default, metadata=metadata, **kwargs)
+
+
+def model_override(what: str) -> Any:
+    """An optional positive setting whose default is the named model's own (``patch_size``,
+    ``embed_dim``, ... of a timm ViT); ``what`` says what it is."""
+    return setting(None, f"{what} (default: the model's)", validator=positive)
 
 
 def _type_name(tp: Any) -> str:

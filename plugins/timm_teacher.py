@@ -35,7 +35,7 @@ from torch import Tensor, nn
 from arvision import hookimpl
 from arvision.checkpoint import UnreadableFile, read_weights_only
 from arvision.components import ImageSpec, Tokenizer, Tokens, TokenSpec
-from arvision.config import positive, setting
+from arvision.config import model_override, positive, setting
 from arvision.errors import CheckpointError, listed
 from arvision.model.vit import channel_stat, create_vit, shape_overrides
 
@@ -57,13 +57,11 @@ class TimmTeacherConfig:
     size: int | None = setting(None, "teacher input side in pixels (default: the model's img_size; "
                                "another size interpolates the position embedding)",
                                validator=positive)
-    img_size: int | None = setting(None, "img_size the model is built with (default: the model's)",
-                                   validator=positive)
-    patch_size: int | None = setting(None, "patch size (default: the model's)", validator=positive)
-    embed_dim: int | None = setting(None, "token width (default: the model's)", validator=positive)
-    depth: int | None = setting(None, "number of blocks (default: the model's)", validator=positive)
-    num_heads: int | None = setting(None, "attention heads (default: the model's)",
-                                    validator=positive)
+    img_size: int | None = model_override("img_size the model is built with")
+    patch_size: int | None = model_override("patch size")
+    embed_dim: int | None = model_override("token width")
+    depth: int | None = model_override("number of blocks")
+    num_heads: int | None = model_override("attention heads")
     in_chans: int | None = setting(None, "input channels (default: the model's; 1-channel images "
                                    "are repeated to fill them)", validator=positive)
     class_token: bool | None = setting(None, "the model has a class token (default: the model's)")

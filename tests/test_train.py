@@ -81,7 +81,8 @@ def test_real_fashion_mnist_run_loss_falls(name, tmp_path, monkeypatch):
     require_fashion_mnist()
     monkeypatch.chdir(REPO)  # recipes name their palette relative to the repository
     recipe = load_recipe(REPO / "recipes" / f"{name}.toml",
-                         ["train.steps=120", "train.warmup_steps=20", "train.log_every=40"])
+                         ["train.steps=120", "train.warmup_steps=20", "train.log_every=40"],
+                         plugins=get_plugins())
     result = train(recipe, tmp_path / name, f"{name}.toml")
     assert _mean(result.losses[-10:]) < 0.85 * _mean(result.losses[:10])
 

@@ -86,14 +86,14 @@ def assemble_trainer(start: RunStart, out_dir: Path, model: nn.Module, batches: 
     """Everything around a model that trains it: schedule length, EMA, DDP/FSDP, AdamW, compile.
 
     ``model`` is on ``start.device``; ``batches`` yield micro-batches of ``start.micro_batch``
-    images; ``shard_units`` are the blocks FSDP shards one by one; ``frozen`` parameters stay
-    unsharded.
+    images (``len(batches)``: micro-batches per epoch; ``state_dict`` for checkpoints);
+    ``shard_units`` are the blocks FSDP shards one by one; ``frozen`` parameters stay unsharded.
     """
     config, source, ranks, device = start.config, start.source, start.ranks, start.device
-    steps_per_epoch = len(batches.loader) // start.accumulation
+    steps_per_epoch = len(batches) // start.accumulation
     if steps_per_epoch == 0:
         raise RecipeError(f"{source}: train.batch_size: {config.batch_size} is larger than the "
-                          f"data set ({len(batches.loader.dataset)} images)")
+                          f"data set ({batches.dataset_size} images)")
     total = config.steps or max(1, math.ceil(config.epochs * steps_per_epoch))
     if config.ema and config.strategy == "fsdp" and ranks.world > 1:
         raise RecipeError(f"{source}: train.ema: not supported with strategy 'fsdp' yet (the EMA "

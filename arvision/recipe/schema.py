@@ -10,7 +10,7 @@ from typing import Any, ClassVar, Literal
 
 import attrs
 
-from ..config import FieldError, check, non_negative, positive, setting
+from ..config import FieldError, check, model_override, non_negative, positive, setting
 from ..registry import Registration
 
 __all__ = ["ComponentTable", "DataConfig", "DecoderTable", "EncoderConfig", "EvalConfig",
@@ -24,11 +24,10 @@ class EncoderConfig:
     name: str = setting("vit_tiny_patch16_224", "timm model name of a VisionTransformer")
     img_size: int | None = setting(None, "input size in pixels (default: the data's image size)",
                                    validator=positive)
-    patch_size: int | None = setting(None, "patch size (default: the model's)", validator=positive)
-    embed_dim: int | None = setting(None, "token width (default: the model's)", validator=positive)
-    depth: int | None = setting(None, "number of blocks (default: the model's)", validator=positive)
-    num_heads: int | None = setting(None, "attention heads (default: the model's)",
-                                    validator=positive)
+    patch_size: int | None = model_override("patch size")
+    embed_dim: int | None = model_override("token width")
+    depth: int | None = model_override("number of blocks")
+    num_heads: int | None = model_override("attention heads")
     in_chans: int | None = setting(None, "image channels (default: the data's)", validator=positive)
     stem: Literal["patch", "tokens"] = setting(
         "patch", "'patch': patch embedding of pixels; 'tokens': embedding of the tokenizer's ids "
