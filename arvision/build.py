@@ -1,25 +1,27 @@
 """From a validated recipe to the model: geometry first (cheap, no weights), then modules.
 
 :func:`resolve` checks everything that can be checked without building a tokenizer or loading
-weights, and reports a bad combination as a one-line RecipeError naming the recipe and key.
+weights, and reports a bad combination as a one-line RecipeError naming the recipe and key. The
+:class:`Blueprint` it returns holds what the rest is built from: the geometry, the encoder's taps,
+and the components as the recipe's tables registered them (looked up once, when it was read).
 """
 
-from collections.abc import Callable
-from typing import Any
+import contextlib
+from collections.abc import Iterator
 
 import attrs
 import torch
 
 from .components import DecoderContext, ImageSpec, Ordering, Target, Tokenizer, TokenSpec
-from .data.fashion_mnist import FashionMNIST
-from .encoder import Encoder, create_encoder_vit, default_taps
+from .data.sources import image_spec
 from .errors import ArvisionError, RecipeError
-from .model import ARModel
+from .model import ARModel, DecoderRole, Encoder, default_taps
+from .model.encoder import create_encoder_vit
+from .model.vit import channel_stat
 from .plan import SegmentLayout
-from .plugins import Plugins, get_plugins
 from .recipe import Recipe
 
-__all__ = ["Blueprint", "build_model", "build_tokenizer", "data_image_spec", "resolve"]
+__all__ = ["Blueprint", "as_recipe_error", "build_model", "build_tokenizer", "resolve"]
 
 
 @attrs.frozen
@@ -27,9 +29,8 @@ class Blueprint:
     """Everything about a recipe's model that is known before building it."""
 
     recipe: Recipe
-    source: str
-    plugins: Plugins
-    data_size: int
+    source: str  # where the recipe came from, for error messages
+    data_size: int | None  # the data's image side (None: any, resized)
     image: ImageSpec  # the student's input
     tokens: TokenSpec
     ordering: Ordering
@@ -37,6 +38,7 @@ class Blueprint:
     encoder_dim: int
     depth: int
     encoder_cls: bool
+    taps: tuple[int, ...]  # 1-based encoder blocks the decoders read
 
     @property
     def layout(self) -> SegmentLayout:
@@ -60,10 +62,6 @@ class Blueprint:
         return (self.num_segments - 1) * self.layout.tokens_per_segment(self.tokens.grid) + \
             self.tokens.cls
 
-    @property
-    def taps(self) -> tuple[int, ...]:
-        return self.recipe.encoder.taps or default_taps(self.depth)
-
     def decoder_context(self, predicts: str) -> DecoderContext:
         return DecoderContext(
             predicts=predicts, encoder_dim=self.encoder_dim,
@@ -73,24 +71,12 @@ class Blueprint:
         )
 
 
-def data_image_spec(recipe: Recipe) -> tuple[int | None, int]:
-    """(side, channels) of the images the data source yields (side None: any, resized)."""
-    data = recipe.data
-    if data.source == "synthetic":
-        return data.synthetic.image_size, data.synthetic.channels
-    if data.source == "imagefolder":
-        return None, 3
-    if data.source == "lmdb":
-        from .data.lmdb_dataset import pack_image_spec  # reads the pack's manifest, if it is there
-
-        return pack_image_spec(data.root, data.split)
-    return FashionMNIST.image_size, FashionMNIST.channels
-
-
-def _guard(source: str, key: str, make: Callable[[], Any]) -> Any:
-    """Run a factory; its ValueError/TypeError becomes a one-line error naming the recipe key."""
+@contextlib.contextmanager
+def as_recipe_error(source: str, key: str) -> Iterator[None]:
+    """A ValueError/TypeError raised inside (by a component, by timm) becomes a one-line
+    RecipeError naming the recipe ``source`` and ``key``."""
     try:
-        return make()
+        yield
     except ArvisionError:
         raise
     except (ValueError, TypeError) as exc:
@@ -100,23 +86,22 @@ def _guard(source: str, key: str, make: Callable[[], Any]) -> Any:
         raise RecipeError(f"{source}: {message}") from None
 
 
-def resolve(recipe: Recipe, source: str = "recipe", plugins: Plugins | None = None) -> Blueprint:
-    plugins = plugins or get_plugins()
-    data_size, channels = data_image_spec(recipe)
+def resolve(recipe: Recipe, source: str = "recipe") -> Blueprint:
+    data_size, channels = image_spec(recipe.data)
     enc = recipe.encoder
     channels = enc.in_chans or channels
-    for key, values in (("mean", enc.mean), ("std", enc.std)):
-        if len(values) not in (1, channels):
-            raise RecipeError(f"{source}: encoder.{key}: expected 1 or {channels} values (one per "
-                              f"channel), got {len(values)}")
-    tok_reg = plugins.get("tokenizer", recipe.tokenizer.name)
+    with as_recipe_error(source, "encoder"):
+        for key in ("mean", "std"):  # one value or one per channel
+            channel_stat(getattr(enc, key), channels, f"encoder.{key}")
+    tokenizer = recipe.tokenizer.registration.factory
     if enc.stem == "tokens" and not (enc.img_size or data_size):
         raise RecipeError(f"{source}: encoder.img_size: required with stem 'tokens' when the data "
                           f"source ({recipe.data.source}) has no fixed image size")
     if enc.stem == "tokens":
         # iGPT: one token per id, so the student grid is the tokenizer's grid, patch 1.
-        tokens = _guard(source, "tokenizer", lambda: tok_reg.factory.token_spec(
-            recipe.tokenizer.config, ImageSpec(enc.img_size or data_size, channels, 1)))
+        with as_recipe_error(source, "tokenizer"):
+            tokens = tokenizer.token_spec(recipe.tokenizer.config,
+                                          ImageSpec(enc.img_size or data_size, channels, 1))
         if not tokens.discrete or tokens.grid[0] != tokens.grid[1]:
             raise RecipeError(f"{source}: encoder.stem: 'tokens' needs a tokenizer of ids on a "
                               f"square grid; {recipe.tokenizer.name!r} gives "
@@ -124,8 +109,8 @@ def resolve(recipe: Recipe, source: str = "recipe", plugins: Plugins | None = No
         img_size, patch_size = tokens.grid[0], 1
     else:
         img_size, patch_size = enc.img_size or data_size, enc.patch_size
-    with torch.device("meta"):
-        vit = _guard(source, "encoder", lambda: create_encoder_vit(enc, img_size, patch_size, channels))
+    with as_recipe_error(source, "encoder"), torch.device("meta"):
+        vit = create_encoder_vit(enc, img_size, patch_size, channels)
     image = ImageSpec(vit.patch_embed.img_size[0], channels, vit.patch_embed.patch_size[0])
     if enc.pos_embed == "sincos" and vit.embed_dim % 4:
         default = "" if enc.embed_dim else f" (the default of {enc.name})"
@@ -137,32 +122,36 @@ def resolve(recipe: Recipe, source: str = "recipe", plugins: Plugins | None = No
         raise RecipeError(f"{source}: encoder.taps: expected block numbers in 1..{depth}, got "
                           f"{list(enc.taps)}")
     if enc.stem == "patch":
-        tokens = _guard(source, "tokenizer", lambda: tok_reg.factory.token_spec(
-            recipe.tokenizer.config, image))
-    ord_reg = plugins.get("ordering", recipe.ordering.name)
-    ordering = _guard(source, "ordering", lambda: ord_reg.factory(recipe.ordering.config,
-                                                                  image.grid))
-    for what, grid in (("student", image.grid), ("tokenizer", tokens.grid)):
-        if not ordering.layout.divides(grid):
+        with as_recipe_error(source, "tokenizer"):
+            tokens = tokenizer.token_spec(recipe.tokenizer.config, image)
+    with as_recipe_error(source, "ordering"):
+        ordering = recipe.ordering.registration.factory(recipe.ordering.config, image.grid)
+    _check_layout(ordering.layout, image, tokens.grid, source)
+    with as_recipe_error(source, "target"):
+        target = recipe.target.registration.factory(recipe.target.config, tokens)
+    return Blueprint(recipe, source, data_size, image, tokens, ordering, target, vit.embed_dim,
+                     depth, vit.cls_token is not None, enc.taps or default_taps(depth))
+
+
+def _check_layout(layout: SegmentLayout, image: ImageSpec, token_grid: tuple[int, int],
+                  source: str) -> None:
+    """The segments divide both grids, and there are at least two of them."""
+    for what, grid in (("student", image.grid), ("tokenizer", token_grid)):
+        if not layout.divides(grid):
             raise RecipeError(
-                f"{source}: ordering: {ordering.layout.rows}x{ordering.layout.cols} segments do "
-                f"not divide the {what} grid {grid[0]}x{grid[1]}")
-    if ordering.layout.num_segments < 2:  # the encoder reads segments 1..S-1 and predicts S
+                f"{source}: ordering: {layout.rows}x{layout.cols} segments do not divide the "
+                f"{what} grid {grid[0]}x{grid[1]}")
+    if layout.num_segments < 2:  # the encoder reads segments 1..S-1 and predicts S
         raise RecipeError(
             f"{source}: ordering: the {image.grid[0]}x{image.grid[1]} student grid (image "
             f"{image.size} px, patch {image.patch_size}) makes a single segment: nothing to read "
             "before predicting it; use a smaller encoder.patch_size or more segments")
-    target_reg = plugins.get("target", recipe.target.name)
-    target = _guard(source, "target", lambda: target_reg.factory(recipe.target.config, tokens))
-    return Blueprint(recipe, source, plugins, data_size, image, tokens, ordering, target,
-                     vit.embed_dim, depth, vit.cls_token is not None)
 
 
 def build_tokenizer(blueprint: Blueprint) -> Tokenizer:
-    recipe = blueprint.recipe
-    registration = blueprint.plugins.get("tokenizer", recipe.tokenizer.name)
-    return _guard(blueprint.source, "tokenizer",
-                  lambda: registration.factory(recipe.tokenizer.config, blueprint.image))
+    table = blueprint.recipe.tokenizer
+    with as_recipe_error(blueprint.source, "tokenizer"):
+        return table.registration.factory(table.config, blueprint.image)
 
 
 def build_model(blueprint: Blueprint, with_tokenizer: bool = True) -> ARModel:
@@ -171,19 +160,18 @@ def build_model(blueprint: Blueprint, with_tokenizer: bool = True) -> ARModel:
     ``with_tokenizer=False`` leaves the (possibly large, downloaded) tokenizer out; the model then
     needs precomputed tokens.
     """
-    recipe, source, plugins = blueprint.recipe, blueprint.source, blueprint.plugins
+    recipe, source, image = blueprint.recipe, blueprint.source, blueprint.image
     tokenizer = build_tokenizer(blueprint) if with_tokenizer else None
     vocab = blueprint.tokens.dim if recipe.encoder.stem == "tokens" else None
-    encoder = _guard(source, "encoder", lambda: Encoder(
-        recipe.encoder, blueprint.image.size, blueprint.image.patch_size, blueprint.image.channels,
-        vocab))
+    with as_recipe_error(source, "encoder"):
+        encoder = Encoder(recipe.encoder, image.size, image.patch_size, image.channels,
+                          blueprint.taps, vocab)
     decoders = {}
     for index, table in enumerate(recipe.decoders):
-        registration = plugins.get("decoder", table.name)
-        context = blueprint.decoder_context(table.predicts)
-        decoder = _guard(source, f"decoders[{index}]",
-                         lambda r=registration, t=table, c=context: r.factory(t.config, c))
-        decoders[table.loss_key] = (table, decoder)
+        with as_recipe_error(source, f"decoders[{index}]"):
+            decoder = table.registration.factory(table.config,
+                                                 blueprint.decoder_context(table.predicts))
+        decoders[table.loss_key] = (DecoderRole(table.predicts, table.weight), decoder)
     if not any(decoder.reads_final_output for _, decoder in decoders.values()):
         encoder.vit.norm.requires_grad_(False)  # unused: keep it out of the optimiser (and DDP)
     return ARModel(tokenizer, blueprint.tokens, blueprint.ordering, encoder, decoders,

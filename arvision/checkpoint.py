@@ -4,7 +4,6 @@ import io
 import os
 import pickle
 import pickletools
-import random
 import re
 import warnings
 import zipfile
@@ -12,17 +11,14 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
-import numpy as np
 import torch
 
-from .errors import CheckpointError
+from .errors import CheckpointError, listed
 
-__all__ = ["UnreadableFile", "load_checkpoint", "prune", "rank_part", "read_weights_only",
-           "refuse_unsafe_file", "restore_rng_state", "rng_state", "save_atomic",
-           "save_checkpoint", "saved_steps", "step_path"]
+__all__ = ["UnreadableFile", "key_mismatches", "load_checkpoint", "read_weights_only",
+           "refuse_unsafe_file", "save_atomic", "save_checkpoint"]
 
 FORMAT = "arvision-checkpoint"
-STEP_FILE = re.compile(r"step_\d{8}\.pt")
 #: Lines of torch's weights_only errors that are advice (re-run with weights_only=False, ...),
 #: not the reason: such advice must not reach a user holding a file that would run code.
 _ADVICE = re.compile(r"weights.only|Check the documentation|Please file an issue", re.IGNORECASE)
@@ -157,52 +153,16 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     return state
 
 
-def rng_state(generators: dict[str, torch.Generator]) -> dict[str, Any]:
-    """Every RNG a run draws from, in a form ``torch.load(weights_only=True)`` reads back."""
-    _kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    state = {
-        "python": random.getstate(),
-        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "gauss": float(gauss)},
-        "torch": torch.get_rng_state(),
-        "generators": {name: gen.get_state() for name, gen in generators.items()},
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
+def key_mismatches(found: dict[str, Any], expected: dict[str, Any]) -> list[str]:
+    """What keeps the state dict ``found`` from loading strictly where ``expected`` (tensors or
+    shapes by key) is wanted: ``missing keys ...``, ``unexpected keys ...``, ``shape mismatch
+    KEY ([found] vs [expected])``, a few of each; [] when it fits."""
+    def shape(value: Any) -> list[int]:
+        return list(getattr(value, "shape", value))
 
-
-def restore_rng_state(state: dict[str, Any], generators: dict[str, torch.Generator]) -> None:
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    numpy = state["numpy"]
-    np.random.set_state(("MT19937", numpy["keys"].numpy().astype(np.uint32), numpy["pos"],
-                         numpy["has_gauss"], numpy["gauss"]))
-    torch.set_rng_state(state["torch"])
-    for name, gen in generators.items():
-        gen.set_state(state["generators"][name])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def rank_part(path: Path, rank: int) -> Path:
-    """Where rank ``rank`` (> 0) keeps its own part of the checkpoint ``path``."""
-    return path.with_name(f"{path.stem}.rank{rank}{path.suffix}")
-
-
-def step_path(directory: Path, step: int) -> Path:
-    return directory / f"step_{step:08d}.pt"
-
-
-def saved_steps(directory: Path) -> list[Path]:
-    """Checkpoints written by :func:`step_path`, oldest first (partial writes are not listed)."""
-    if not directory.is_dir():
-        return []
-    return sorted(path for path in directory.glob("step_*.pt") if STEP_FILE.fullmatch(path.name))
-
-
-def prune(directory: Path, keep: int) -> None:
-    """Keep the newest ``keep`` checkpoints (with the per-rank parts written beside them)."""
-    for path in saved_steps(directory)[:-keep]:
-        for part in directory.glob(f"{path.stem}.*"):
-            part.unlink()
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
+    shapes = [f"{key} ({shape(found[key])} vs {shape(expected[key])})"
+              for key in sorted(set(found) & set(expected)) if shape(found[key]) != shape(expected[key])]
+    return [f"{label} {listed(keys)}" for label, keys in (
+        ("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatch", shapes)) if keys]

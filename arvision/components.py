@@ -160,6 +160,13 @@ class DecoderContext:
     def tokens_per_segment(self) -> int:
         return self.layout.tokens_per_segment(self.grid)
 
+    def require_encoder_cls(self) -> None:
+        """For a decoder that predicts the CLS target from the encoder's CLS token: a ValueError
+        when the tokenizer has a CLS target and the encoder no class token."""
+        if self.cls_target and not self.encoder_cls:
+            raise ValueError("the tokenizer has a CLS target but the encoder has no class token; "
+                             "set encoder.class_token = true")
+
 
 @attrs.frozen
 class Prediction:

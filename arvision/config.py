@@ -16,11 +16,12 @@ import cattrs
 from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, IterableValidationError
 from cattrs.gen import make_dict_structure_fn
 
-__all__ = ["TRANSPARENT", "FieldError", "check", "error_lines", "make_converter", "setting"]
+__all__ = ["INLINE_FIELD", "FieldError", "check", "error_lines", "make_converter", "model_override",
+           "non_negative", "positive", "probability", "setting", "unit_interval"]
 
-#: An attribute that holds a nested config whose keys sit at its parent's level in the recipe
-#: (a component table's own keys); it does not appear in error paths.
-TRANSPARENT = "component_config"
+#: The name of an attribute whose keys sit at its parent's level in the recipe: a component
+#: table's own keys beside ``name``, ``predicts``, ... It does not appear in error paths.
+INLINE_FIELD = "component_config"
 
 
 class FieldError(ValueError):
@@ -42,12 +43,25 @@ def check(predicate: Callable[[Any], bool], expected: str):
     return validator
 
 
+#: Validators of numeric recipe settings (None passes: an unset optional key).
+positive = check(lambda v: v > 0, "a number > 0")
+non_negative = check(lambda v: v >= 0, "a number >= 0")
+probability = check(lambda v: 0 <= v <= 1, "a number in [0, 1]")
+unit_interval = check(lambda v: 0 < v <= 1, "a number in (0, 1]")
+
+
 def setting(default: Any = attrs.NOTHING, help: str = "", **kwargs: Any) -> Any:
     """An attrs field whose ``help`` documents the recipe key (the recipe reference reads it)."""
     metadata = {"help": help, **kwargs.pop("metadata", {})}
     if isinstance(default, list | dict | set):
         raise TypeError("use an immutable default (a tuple) for recipe settings")
     return attrs.field(default=default, metadata=metadata, **kwargs)
+
+
+def model_override(what: str) -> Any:
+    """An optional positive setting whose default is the named model's own (``patch_size``,
+    ``embed_dim``, ... of a timm ViT); ``what`` says what it is."""
+    return setting(None, f"{what} (default: the model's)", validator=positive)
 
 
 def _type_name(tp: Any) -> str:
@@ -123,7 +137,7 @@ def error_lines(exc: BaseException, path: tuple[str, ...] = ()) -> list[tuple[st
         for sub, note in noted:
             step = getattr(note, "name", None)
             step = f"[{note.index}]" if step is None else step
-            pairs += error_lines(sub, path if step == TRANSPARENT else (*path, step))
+            pairs += error_lines(sub, path if step == INLINE_FIELD else (*path, step))
         for sub in plain:
             pairs += error_lines(sub, path)
         return pairs

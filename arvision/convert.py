@@ -49,8 +49,6 @@ quirks, and what the conversion does with each:
   only the 224/16 student with a 16x16x1024 (+ CLS) teacher, which the recipe states.
 - Not visible in shapes, so taken from the recipe: attention heads (ViT-B: 12, decoder: 32).
 
-**timm export**: ``encoder.vit.*`` of an arvision checkpoint is a plain timm VisionTransformer
-state dict; :func:`export_timm` writes it and returns the ``timm.create_model`` call that loads it.
 """
 
 import argparse
@@ -59,17 +57,16 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import attrs
 import torch
 from torch import Tensor
 
-from .build import Blueprint, build_model, data_image_spec, resolve
-from .checkpoint import load_checkpoint, save_atomic
-from .errors import CheckpointError, RecipeError
-from .plugins import Plugins
-from .recipe import Recipe, structure_recipe
+from .build import Blueprint, build_model, resolve
+from .checkpoint import read_weights_only
+from .errors import CheckpointError, RecipeError, listed
+from .recipe import DecoderTable, Recipe
 
-__all__ = ["DIGPT_TAPS", "convert_digpt_official", "export_timm", "load_digpt_official",
-           "timm_arguments", "timm_call"]
+__all__ = ["DIGPT_TAPS", "convert_digpt_official", "load_digpt_official"]
 
 DIGPT_TAPS = (6, 8, 10, 12)
 _ROLES = {"next": "ar", "visible": "kd"}  # arvision role -> reference prefix
@@ -78,21 +75,26 @@ _MEMORY_OF = {"ar": "kd", "kd": "ar"}
 #: LayerNorm epsilons of the released model: decoder norms, and the tap norms (LayerNorm default)
 DIGPT_NORM_EPS, DIGPT_MEMORY_NORM_EPS = 1e-6, 1e-5
 _IGNORED = {"mask"}  # the reference's additive mask buffer: arvision derives its own
-_SHOWN = 4  # keys named per kind in an error line
-#: arvision DecoderBlock module -> the reference DecoderBlock's
-_DECODER_BLOCK = {
-    "norm1": "norm1", "self_attn.qkv": "attn1.qkv", "self_attn.proj": "attn1.proj",
-    "norm_query": "norm2_1", "norm_memory": "norm2_2", "cross_attn.q": "attn2.q",
-    "cross_attn.kv": "attn2.kv", "cross_attn.proj": "attn2.proj", "norm2": "norm2",
-    "mlp.fc1": "mlp.fc1", "mlp.fc2": "mlp.fc2",
+#: The D-iGPT name of each part of a transformer decoder (the roles of its ``PARTS``); ``{p}`` is
+#: the decoder's prefix (ar, kd), ``{m}`` that of the memory it reads (:data:`_MEMORY_OF`).
+_DIGPT_PARTS = {
+    "query": "{p}_token", "positions": "decoder_pos_embed", "memory_norms": "{m}_enc_norm",
+    "memory_projection": "{m}_enc2dec", "layers": "{p}_blocks", "final_norm": "{p}_norm",
+    "head": "{p}_pred",
+}
+#: The D-iGPT name of each part of a decoder layer (the roles of its ``BLOCK_PARTS``).
+_DIGPT_BLOCK_PARTS = {
+    "self_attention_norm": "norm1", "self_attention_qkv": "attn1.qkv",
+    "self_attention_proj": "attn1.proj", "cross_attention_query_norm": "norm2_1",
+    "cross_attention_memory_norm": "norm2_2", "cross_attention_q": "attn2.q",
+    "cross_attention_kv": "attn2.kv", "cross_attention_proj": "attn2.proj", "mlp_norm": "norm2",
+    "mlp_fc1": "mlp.fc1", "mlp_fc2": "mlp.fc2",
 }
 
 
 def load_digpt_official(path: str | Path) -> dict[str, Tensor]:
     """The weights of a D-iGPT checkpoint file (``{"model": ..., "args": Namespace, ...}`` as its
     ``misc.save_model`` writes, or a bare state dict), read without executing code."""
-    from .checkpoint import read_weights_only
-
     path = Path(path)
     data = read_weights_only(path, "checkpoint", allow=[argparse.Namespace])  # its training args
     return _unwrap(data, str(path))
@@ -110,8 +112,7 @@ def _unwrap(data: Any, name: str) -> dict[str, Tensor]:
     return dict(state)
 
 
-def convert_digpt_official(state: Mapping[str, Any], recipe: Recipe, *,
-                           plugins: Plugins | None = None, source: str = "recipe",
+def convert_digpt_official(state: Mapping[str, Any], recipe: Recipe, *, source: str = "recipe",
                            name: str = "D-iGPT checkpoint") -> dict[str, Tensor]:
     """An official D-iGPT state dict (or checkpoint dict) -> the ARModel state dict of ``recipe``.
 
@@ -120,8 +121,9 @@ def convert_digpt_official(state: Mapping[str, Any], recipe: Recipe, *,
     line naming them (``source`` and ``name`` head the messages).
     """
     weights = _unwrap(state, name)
-    blueprint = resolve(recipe, source, plugins)
-    roles = _check_recipe(blueprint)
+    blueprint = resolve(recipe, source)
+    _check_recipe(blueprint)
+    tables = {table.loss_key: table for table in recipe.decoders}
     _check_depths(weights, blueprint, name)
     with torch.device("meta"):  # shapes only: nothing allocated
         expected = build_model(blueprint, with_tokenizer=False).state_dict()
@@ -130,7 +132,8 @@ def convert_digpt_official(state: Mapping[str, Any], recipe: Recipe, *,
     missing: dict[str, None] = {}
     shapes: dict[str, str] = {}
     for key, like in expected.items():
-        ref = _reference_key(key, roles)
+        part = _decoder_part(key, tables)
+        ref = _reference_key(key, part)
         if ref is None:  # no counterpart: the unused final encoder norm, as the identity
             converted[key] = torch.ones(like.shape) if key.endswith("weight") else torch.zeros(like.shape)
             continue
@@ -139,13 +142,13 @@ def convert_digpt_official(state: Mapping[str, Any], recipe: Recipe, *,
             missing[ref] = None
             continue
         used.add(ref)
-        value, want = weights[ref], _reference_shape(key, tuple(like.shape))
+        value, want = weights[ref], _reference_shape(part, tuple(like.shape))
         if tuple(value.shape) != want:
             shapes[ref] = f"{ref} ({list(value.shape)} in the checkpoint, {list(want)} from the recipe)"
             continue
-        converted[key] = _adapt(key, ref, value, blueprint, name)
+        converted[key] = _adapt(part, ref, value, name)
     unexpected = sorted(set(weights) - used - _IGNORED)
-    problems = [f"{label} {_some(keys)}" for label, keys in (
+    problems = [f"{label} {listed(keys)}" for label, keys in (
         ("missing keys", list(missing)), ("unexpected keys", unexpected),
         ("shape mismatch", list(shapes.values()))) if keys]
     if problems:
@@ -153,8 +156,8 @@ def convert_digpt_official(state: Mapping[str, Any], recipe: Recipe, *,
     return converted
 
 
-def _check_recipe(blueprint: Blueprint) -> dict[str, str]:
-    """What the recipe must say to hold D-iGPT; returns {decoder key: reference prefix}."""
+def _check_recipe(blueprint: Blueprint) -> None:
+    """What the recipe must say to hold D-iGPT."""
     recipe, source = blueprint.recipe, blueprint.source
     enc = recipe.encoder
 
@@ -188,7 +191,6 @@ def _check_recipe(blueprint: Blueprint) -> dict[str, str]:
                        f"its tap norms {DIGPT_MEMORY_NORM_EPS}; the recipe has norm_eps "
                        f"{config.norm_eps} and memory_norm_eps {memory_eps}; set norm_eps = "
                        f"{DIGPT_NORM_EPS} and memory_norm_eps = {DIGPT_MEMORY_NORM_EPS}")
-    return {key: _ROLES[predicts] for key, predicts in roles.items()}
 
 
 def _check_depths(weights: Mapping[str, Tensor], blueprint: Blueprint, name: str) -> None:
@@ -204,27 +206,46 @@ def _check_depths(weights: Mapping[str, Tensor], blueprint: Blueprint, name: str
                                   f"{want} from {blueprint.source} ({key})")
 
 
-def _reference_key(key: str, roles: Mapping[str, str]) -> str | None:
+@attrs.frozen
+class _DecoderPart:
+    """A decoder's state-dict key read through the decoder's ``PARTS``: the table of the decoder,
+    the role of the part holding the key, and the rest of the key after the part's path."""
+
+    table: DecoderTable
+    role: str
+    rest: str
+
+    @property
+    def prefix(self) -> str:
+        """The reference's prefix of this decoder (ar, kd)."""
+        return _ROLES[self.table.predicts]
+
+
+def _decoder_part(key: str, tables: Mapping[str, DecoderTable]) -> _DecoderPart | None:
+    """``decoders.<loss key>.<path>`` as a :class:`_DecoderPart` (None for the encoder's keys)."""
+    if not key.startswith("decoders."):
+        return None
+    _, loss_key, path = key.split(".", 2)
+    table = tables[loss_key]
+    for role, where in table.registration.factory.PARTS.items():
+        if path == where or path.startswith(f"{where}."):
+            return _DecoderPart(table, role, path.removeprefix(where).removeprefix("."))
+    raise CheckpointError(f"arvision key {key} has no D-iGPT counterpart")
+
+
+def _reference_key(key: str, part: _DecoderPart | None) -> str | None:
     """The reference's name for an arvision key (None: the final encoder norm, which it lacks)."""
-    if key.startswith("encoder.vit."):
+    if part is None:
         rest = key.removeprefix("encoder.vit.")
         return None if rest.startswith("norm.") else rest  # timm's ViT names = the reference's
-    parts = key.split(".")
-    if parts[0] == "decoders" and parts[1] in roles:
-        prefix, head, inner = roles[parts[1]], parts[2], parts[3:]
-        rest = ".".join(inner)
-        if head == "query":
-            return f"{prefix}_token"
-        if head == "position":
-            return "decoder_pos_embed"
-        if head == "memory" and inner[0] in ("norms", "proj"):  # memory.norms.K.* / memory.proj.*
-            part = "enc_norm" if inner[0] == "norms" else "enc2dec"
-            return f"{_MEMORY_OF[prefix]}_{part}.{'.'.join(inner[1:])}"
-        if head == "blocks" and ".".join(inner[1:-1]) in _DECODER_BLOCK:  # blocks.N.<module>.<param>
-            return f"{prefix}_blocks.{inner[0]}.{_DECODER_BLOCK['.'.join(inner[1:-1])]}.{inner[-1]}"
-        if head in ("norm", "head"):
-            return f"{prefix}_{'pred' if head == 'head' else 'norm'}.{rest}"
-    raise CheckpointError(f"arvision key {key} has no D-iGPT counterpart")
+    name = _DIGPT_PARTS[part.role].format(p=part.prefix, m=_MEMORY_OF[part.prefix])
+    if part.role == "layers":  # N.<module of the layer>.<parameter>
+        index, inner = part.rest.split(".", 1)
+        module, parameter = inner.rsplit(".", 1)
+        block_parts = part.table.registration.factory.BLOCK_PARTS
+        role = next(role for role, where in block_parts.items() if where == module)
+        return f"{name}.{index}.{_DIGPT_BLOCK_PARTS[role]}.{parameter}"
+    return f"{name}.{part.rest}" if part.rest else name
 
 
 def _shared_norm(ref: str, weights: Mapping[str, Tensor]) -> str:
@@ -236,89 +257,21 @@ def _shared_norm(ref: str, weights: Mapping[str, Tensor]) -> str:
     return ref
 
 
-def _reference_shape(key: str, shape: tuple[int, ...]) -> tuple[int, ...]:
-    if key.endswith(".position"):  # (1, h*w, dim) <- (1, 1 + h*w, dim): a CLS row first
-        return (shape[0], shape[1] + 1, shape[2])
+def _reference_shape(part: _DecoderPart | None, shape: tuple[int, ...]) -> tuple[int, ...]:
+    if part is not None and part.role == "positions":  # (1, h*w, dim) <- (1, 1 + h*w, dim)
+        return (shape[0], shape[1] + 1, shape[2])  # a CLS row first
     return shape
 
 
-def _adapt(key: str, ref: str, value: Tensor, blueprint: Blueprint, name: str) -> Tensor:
+def _adapt(part: _DecoderPart | None, ref: str, value: Tensor, name: str) -> Tensor:
     value = value.detach().float().clone()
-    if key.endswith(".position"):
+    role = part.role if part is not None else None
+    if role == "positions":
         if value[0, 0].abs().max() > 0:
             raise CheckpointError(f"{name}: {ref}[0, 0] (the position added to the CLS query) is "
                                   "not zero; arvision's CLS query has no position")
         return value[:, 1:]
-    if ".memory.proj." in key:  # rows j*depth + i (interleaved) -> i*dim + j (contiguous chunks)
-        table = blueprint.recipe.decoders[_decoder_index(key, blueprint)]
-        depth = table.config.depth
+    if role == "memory_projection":  # rows j*depth + i (interleaved) -> i*dim + j (contiguous)
+        depth = part.table.config.depth
         return value.reshape(-1, depth, *value.shape[1:]).transpose(0, 1).reshape(value.shape)
     return value
-
-
-def _decoder_index(key: str, blueprint: Blueprint) -> int:
-    loss_key = key.split(".")[1]
-    return next(i for i, table in enumerate(blueprint.recipe.decoders) if table.loss_key == loss_key)
-
-
-def _some(items: list[str]) -> str:
-    more = f", ... ({len(items)} in all)" if len(items) > _SHOWN else ""
-    return ", ".join(items[:_SHOWN]) + more
-
-
-# --- timm export -----------------------------------------------------------------------------
-
-def timm_arguments(recipe: Recipe) -> dict[str, Any]:
-    """``timm.create_model`` keyword arguments that rebuild the recipe's encoder (headless)."""
-    enc = recipe.encoder
-    data_size, channels = data_image_spec(recipe)
-    overrides = {"patch_size": enc.patch_size, "embed_dim": enc.embed_dim, "depth": enc.depth,
-                 "num_heads": enc.num_heads}
-    return {"pretrained": False, "num_classes": 0, "img_size": enc.img_size or data_size,
-            **{key: value for key, value in overrides.items() if value is not None},
-            "in_chans": enc.in_chans or channels, "class_token": enc.class_token}
-
-
-def timm_call(recipe: Recipe, path: str | Path) -> str:
-    """The exact ``timm.create_model(...)`` line that loads an exported encoder."""
-    arguments = timm_arguments(recipe)
-    text = ", ".join(f"{key}={value!r}" for key, value in arguments.items())
-    return f"timm.create_model({recipe.encoder.name!r}, {text}, checkpoint_path={str(path)!r})"
-
-
-def export_timm(checkpoint_path: str | Path, out_path: str | Path,
-                plugins: Plugins | None = None) -> str:
-    """Write an arvision checkpoint's encoder as a plain timm state dict; returns the
-    ``timm.create_model`` call that loads it (strictly)."""
-    import timm  # heavy; only here
-
-    checkpoint_path, out_path = Path(checkpoint_path), Path(out_path)
-    state = load_checkpoint(checkpoint_path)
-    if not isinstance(state.get("recipe"), dict) or not isinstance(state.get("model"), dict):
-        raise CheckpointError(f"{checkpoint_path}: no 'recipe' and 'model' to export from")
-    recipe = structure_recipe(state["recipe"], f"{checkpoint_path} (its recipe)", plugins)
-    if recipe.encoder.stem == "tokens":
-        raise CheckpointError(f"{checkpoint_path}: encoder.stem = 'tokens': the encoder embeds token "
-                              "ids and has no patch embedding, so it is not a timm image model")
-    weights = {key.removeprefix("encoder.vit."): value for key, value in state["model"].items()
-               if key.startswith("encoder.vit.")}
-    arguments = timm_arguments(recipe)
-    with torch.device("meta"):
-        model = timm.create_model(recipe.encoder.name, **arguments)
-    _check_fits(weights, model.state_dict(), checkpoint_path, recipe.encoder.name)
-    save_atomic(out_path, weights)
-    return timm_call(recipe, out_path)
-
-
-def _check_fits(weights: Mapping[str, Tensor], expected: Mapping[str, Tensor], name: Path,
-                model: str) -> None:
-    missing = sorted(set(expected) - set(weights))
-    unexpected = sorted(set(weights) - set(expected))
-    shapes = [f"{key} ({list(weights[key].shape)} vs {list(expected[key].shape)})"
-              for key in sorted(set(weights) & set(expected))
-              if weights[key].shape != expected[key].shape]
-    problems = [f"{label} {_some(keys)}" for label, keys in (
-        ("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatch", shapes)) if keys]
-    if problems:
-        raise CheckpointError(f"{name}: its encoder does not fit timm {model}: {'; '.join(problems)}")
-

@@ -1,6 +1,8 @@
 """Errors a user can act on: each prints as one line, without a traceback."""
 
-__all__ = ["ArvisionError", "CheckpointError", "DataError", "RecipeError"]
+from collections.abc import Sequence
+
+__all__ = ["ArvisionError", "CheckpointError", "DataError", "RecipeError", "listed"]
 
 
 class ArvisionError(Exception):
@@ -17,3 +19,10 @@ class DataError(ArvisionError):
 
 class CheckpointError(ArvisionError):
     """A checkpoint or weights file is missing, truncated or of the wrong kind."""
+
+
+def listed(items: Sequence[str], shown: int = 4) -> str:
+    """The first ``shown`` items, comma-separated, and how many there are in all if more: for
+    naming keys in a one-line error."""
+    more = f", ... ({len(items)} in all)" if len(items) > shown else ""
+    return ", ".join(items[:shown]) + more

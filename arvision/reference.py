@@ -78,7 +78,7 @@ def recipe_reference(plugins: Plugins | None = None) -> str:
     lines += ["## Component tables", "",
               "`[tokenizer]`, `[ordering]`, `[target]` and each `[[decoders]]` entry take `name` "
               "(a registered component) plus that component's own keys. Every `[[decoders]]` entry "
-              "also takes:", "", *_table(DecoderTable, skip=("name", "config")), ""]
+              "also takes:", "", *_table(DecoderTable, skip=("name", "config", "registration")), ""]
     for kind in KINDS:
         for registration in sorted(plugins.registry(kind), key=lambda r: r.name):
             doc = (registration.factory.__doc__ or "").strip().splitlines()[0]

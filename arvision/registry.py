@@ -2,13 +2,14 @@
 
 import difflib
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, Protocol
 
 import attrs
 
 from .errors import ArvisionError
 
-__all__ = ["KINDS", "DuplicateComponentError", "Registration", "Registry", "UnknownComponentError"]
+__all__ = ["KINDS", "ComponentLookup", "DuplicateComponentError", "Registration", "Registry",
+           "UnknownComponentError"]
 
 #: The kinds of component, in the order recipes and listings show them.
 KINDS = ("tokenizer", "ordering", "decoder", "target")
@@ -74,3 +75,12 @@ class Registry:
 
     def __iter__(self) -> Iterator[Registration]:
         return iter(self.entries.values())
+
+
+class ComponentLookup(Protocol):
+    """Where recipes look components up: the loaded plugins (:class:`arvision.plugins.Plugins`),
+    or a test's own registries."""
+
+    def registry(self, kind: str) -> Registry: ...
+
+    def get(self, kind: str, name: str) -> Registration: ...

@@ -28,9 +28,9 @@ from torchvision.io import encode_jpeg
 
 from arvision.data.loader import build_batches, build_dataset
 from arvision.data.pack import PackOptions, pack
-from arvision.data.target_cache import write_target_cache
+from arvision.plugins import get_plugins
+from arvision.pretrain import build_trainer, write_target_cache
 from arvision.recipe import DataConfig, drop_none, structure_recipe
-from arvision.train import build_trainer
 
 REPEATS = 2  # each training measurement is the best of this many
 AUGMENT = {"crop_scale": (0.2, 1.0), "flip": True, "interpolation": "bicubic"}
@@ -90,9 +90,9 @@ def training_recipe(root: Path, targets: str | None) -> dict:
 
 
 def training_rate(data: dict, steps: int = 16) -> float:
-    recipe = structure_recipe(drop_none(data), "benchmark")
+    recipe = structure_recipe(drop_none(data), "benchmark", get_plugins())
     with tempfile.TemporaryDirectory() as out:
-        trainer = build_trainer(recipe, Path(out), "benchmark", None)
+        trainer = build_trainer(recipe, Path(out), "benchmark")
         trainer.train_step()  # warm up
         started = time.perf_counter()
         for _ in range(steps):
@@ -103,7 +103,7 @@ def training_rate(data: dict, steps: int = 16) -> float:
 def training_rows(root: Path) -> list[dict]:
     online = training_recipe(root, None)
     cache = root / "targets.lmdb"
-    write_target_cache(structure_recipe(drop_none(online), "benchmark"), cache, views=1,
+    write_target_cache(structure_recipe(drop_none(online), "benchmark", get_plugins()), cache, views=1,
                        batch_size=32)
     cached = training_recipe(root, str(cache))
     rates = {"online": [], "cached": []}

@@ -7,11 +7,12 @@ patch 16 (14x14), 2x2 random segments, a ``next`` and a ``visible`` transformer 
 2 deep, 32 heads), cosine target on OpenCLIP ViT-H/14 features (16x16x1024 + CLS). The teacher never
 runs: each step reads precomputed random teacher tokens, so only the student is measured.
 
-One step = forward (fp32, or under bf16 autocast), backward, ``torch.optim.AdamW`` step (fused on
-CUDA), ``zero_grad``. Segment orders are drawn before timing and passed to ``forward``, so nothing
-random runs inside the (compiled) model. Modes: ``eager``; ``compile``: ``torch.compile(model)``;
-``compile-blocks``: regional compilation, ``compile()`` on every transformer block of the encoder
-and the decoders. Each configuration runs in a fresh subprocess (with its own, cold inductor cache):
+One step is the engine's (:meth:`arvision.engine.Trainer.train_step`, what ``arvision run``
+executes): forward (fp32, or under bf16 autocast), backward, gradient-norm guard, AdamW step (fused
+on CUDA), schedule; each sample's segment order is drawn from its seed inside the step, as in
+training. Modes: ``eager``; ``compile``: ``torch.compile(model)``; ``compile-blocks``: the
+engine's ``train.compile``, ``compile()`` on every transformer block of the encoder and the
+decoders. Each configuration runs in a fresh subprocess (with its own, cold inductor cache):
 a compile failure or a crash becomes that row's error, CPU peak RSS is per configuration, and a
 compile still running after ``--compile-budget`` seconds is stopped and its row marked skipped. The
 first compiled step is timed and reported as the compile time; it is not part of the timed steps.
@@ -51,10 +52,13 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from arvision.build import Blueprint, build_model, resolve
 from arvision.components import Tokens
+from arvision.engine import assemble_trainer, start_run
+from arvision.plugins import get_plugins
+from arvision.pretrain import pretrain_inputs
 from arvision.recipe import structure_recipe
 
 __all__ = [
-    "Config", "Geometry", "compile_blocks", "count_flops", "format_table", "machine_info", "main",
+    "Config", "FixedBatches", "Geometry", "count_flops", "format_table", "machine_info", "main",
     "make_blueprint", "make_step", "matmul_tflops", "recipe_data", "run_config", "run_isolated",
     "time_steps",
 ]
@@ -117,7 +121,8 @@ def recipe_data(geometry: Geometry) -> dict[str, Any]:
 
 
 def make_blueprint(geometry: Geometry) -> Blueprint:
-    return resolve(structure_recipe(recipe_data(geometry), "benchmarks/train_step.py"))
+    return resolve(structure_recipe(recipe_data(geometry), "benchmarks/train_step.py",
+                                    get_plugins()))
 
 
 def make_inputs(blueprint: Blueprint, batch: int, device: torch.device | str
@@ -218,40 +223,45 @@ class _Memory:
                 "rss_growth_timed_bytes": peak - self.before}
 
 
-def compile_blocks(model: torch.nn.Module) -> None:
-    """Regional compilation: ``compile()`` every block of every ``blocks`` list, in place."""
-    for name, module in model.named_modules():
-        if name.split(".")[-1] == "blocks" and isinstance(module, torch.nn.ModuleList):
-            for block in module:
-                block.compile()
+class FixedBatches:
+    """The same batch at every step, where the engine reads a data loader's batches."""
+
+    def __init__(self, batch: tuple[Any, ...]) -> None:
+        self.batch = batch
+
+    def __next__(self) -> tuple[Any, ...]:
+        return self.batch
+
+    def __len__(self) -> int:  # batches per epoch, for the schedule
+        return 1_000_000
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
 
 
-def make_step(config: Config, geometry: Geometry, device: torch.device, count: int):
-    """Build model, optimiser and inputs; return ``step()``, one training step per call.
+def make_step(config: Config, geometry: Geometry, device: torch.device):
+    """The engine's training step (:meth:`arvision.engine.Trainer.train_step`) on the D-iGPT model
+    with a fixed batch of random images and teacher tokens; each call is one optimiser step.
 
-    ``count`` segment orders are drawn up front; step k uses the k-th.
+    As in training, every sample's segment order is drawn from its own seed inside the step.
     """
-    torch.manual_seed(0)
     blueprint = make_blueprint(geometry)
+    train = {"batch_size": config.batch, "precision": config.precision, "device": str(device),
+             "base_lr": 1e-4, "compile": config.mode == "compile-blocks"}
+    recipe = structure_recipe({**recipe_data(geometry), "train": train}, "benchmarks/train_step.py",
+                              get_plugins())
+    start = start_run(recipe, "benchmarks/train_step.py")  # seeds every RNG with train.seed
     model = build_model(blueprint, with_tokenizer=False).to(device).train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.95), weight_decay=0.05,
-                                  fused=device.type == "cuda")
     images, tokens = make_inputs(blueprint, config.batch, device)
-    orders = iter([blueprint.ordering.plan(config.batch, device=device).order for _ in range(count)])
-    forward = torch.compile(model) if config.mode == "compile" else model
-    if config.mode == "compile-blocks":
-        compile_blocks(model)
-    bf16 = config.precision == "bf16"
-
-    def step() -> None:
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            loss = forward(images, tokens=tokens, order=next(orders)).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    return step
+    seeds = torch.arange(config.batch)
+    batch = (images, torch.zeros(config.batch), seeds, tokens.tokens,
+             tokens.cls if tokens.cls is not None else torch.zeros(0))
+    out = Path(tempfile.gettempdir())  # unused: only fit() writes checkpoints
+    trainer = assemble_trainer(start, out, model, FixedBatches(batch), pretrain_inputs,
+                               ema_source=model.encoder, shard_units=model.encoder.vit.blocks)
+    if config.mode == "compile":  # the whole model (the engine compiles blocks only)
+        trainer.step_module = torch.compile(model)
+    return trainer.train_step
 
 
 def time_steps(step, count: int, device: torch.device) -> list[float]:
@@ -283,7 +293,7 @@ def run_config(config: Config, geometry: Geometry = Geometry(), steps: int = 5, 
     dev, compiling = torch.device(device), config.mode != "eager"
     memory = _Memory(dev)
     try:
-        step = make_step(config, geometry, dev, compiling + warmup + steps)
+        step = make_step(config, geometry, dev)
         if compiling and report:
             report("compile")
         row["warmup_s"] = time_steps(step, compiling + warmup, dev)

@@ -39,14 +39,14 @@ from torch import Tensor
 from arvision import hookimpl
 from arvision.checkpoint import refuse_unsafe_file
 from arvision.components import ImageSpec, Tokenizer, Tokens, TokenSpec
-from arvision.config import check, setting
+from arvision.config import positive, setting
 from arvision.errors import CheckpointError
+from arvision.model.vit import channel_stat
 
-from .timm_teacher import channel_stat, check_channels, load_error, prepare_images
+from .timm_teacher import check_channels, load_error, prepare_images
 
 __all__ = ["ClipConfig", "ClipTokenizer", "model_config", "resolve_pretrained"]
 
-positive = check(lambda v: v > 0, "a number > 0")
 
 
 @attrs.frozen
@@ -150,7 +150,7 @@ class ClipTokenizer(Tokenizer):
                              "blocks")
         check_channels(image, 3)
         for what in ("mean", "std"):
-            channel_stat(getattr(config, what) or (0.0,), 3, what)
+            channel_stat(getattr(config, what) or (0.0,), 3, f"tokenizer.{what}")
         dim = spec["embed_dim"] if config.layer is None else vision["width"]
         return TokenSpec(grid=(size // patch, size // patch), dim=dim, discrete=False, cls=True)
 
@@ -175,8 +175,8 @@ class ClipTokenizer(Tokenizer):
             self.visual.prune_intermediate_layers([config.layer - 1], prune_norm=True)
         mean = config.mean or tag.get("mean", OPENAI_DATASET_MEAN)
         std = config.std or tag.get("std", OPENAI_DATASET_STD)
-        self.register_buffer("mean", channel_stat(tuple(mean), 3, "mean"), persistent=False)
-        self.register_buffer("std", channel_stat(tuple(std), 3, "std"), persistent=False)
+        self.register_buffer("mean", channel_stat(tuple(mean), 3, "tokenizer.mean"), persistent=False)
+        self.register_buffer("std", channel_stat(tuple(std), 3, "tokenizer.std"), persistent=False)
         self.freeze()
 
     def forward(self, images: Tensor) -> Tokens:

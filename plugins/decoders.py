@@ -26,9 +26,7 @@ class LinearDecoder(Decoder):
 
     def __init__(self, config: LinearConfig, context: DecoderContext) -> None:
         super().__init__(config, context)
-        if context.cls_target and not context.encoder_cls:
-            raise ValueError("the tokenizer has a CLS target but the encoder has no class token; "
-                             "set encoder.class_token = true")
+        context.require_encoder_cls()
         self.head = nn.Linear(context.encoder_dim, context.out_dim)
 
     def forward(self, memory: EncoderOutput, plan: Plan) -> Prediction:

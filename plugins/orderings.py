@@ -5,14 +5,12 @@ import torch
 
 from arvision import hookimpl
 from arvision.components import Ordering
-from arvision.config import check, setting
+from arvision.config import positive, setting
 from arvision.plan import Plan, SegmentLayout
 
 __all__ = ["RandomOrdering", "RandomSegmentsOrdering", "RasterOrdering", "SegmentOrdering",
            "SegmentsConfig", "SegmentsOrdering", "TokenOrderConfig", "TokenOrdering",
            "same_for_every_sample"]
-
-positive = check(lambda v: v > 0, "a number > 0")
 
 
 def in_order(layout: SegmentLayout, batch_size: int, device) -> Plan:

@@ -9,7 +9,7 @@ from torchvision.transforms import v2
 from arvision.data.loader import Transformed, build_dataset
 from arvision.recipe import DataConfig
 
-from .palette import fit_palette, sample_pixels, save_palette
+from .colour_palette import fit_palette, sample_pixels, save_palette
 
 __all__ = ["fit_palette_command"]
 

@@ -35,15 +35,13 @@ from torch import Tensor, nn
 from arvision import hookimpl
 from arvision.checkpoint import UnreadableFile, read_weights_only
 from arvision.components import ImageSpec, Tokenizer, Tokens, TokenSpec
-from arvision.config import check, setting
-from arvision.errors import CheckpointError
-from arvision.vit import channel_stat as per_channel
-from arvision.vit import create_vit as timm_vit
+from arvision.config import model_override, positive, setting
+from arvision.errors import CheckpointError, listed
+from arvision.model.vit import channel_stat, create_vit, shape_overrides
 
-__all__ = ["ARVISION_ENCODER", "TimmTeacher", "TimmTeacherConfig", "load_error", "prepare_images"]
+__all__ = ["ARVISION_ENCODER", "TimmTeacher", "TimmTeacherConfig", "load_error", "prepare_images",
+           "teacher_vit"]
 
-positive = check(lambda v: v > 0, "a number > 0")
-_SHOWN = 4  # keys named in an error line
 #: Where an arvision training checkpoint keeps the encoder's timm ViT in its "model" state.
 ARVISION_ENCODER = "encoder.vit."
 
@@ -59,13 +57,11 @@ class TimmTeacherConfig:
     size: int | None = setting(None, "teacher input side in pixels (default: the model's img_size; "
                                "another size interpolates the position embedding)",
                                validator=positive)
-    img_size: int | None = setting(None, "img_size the model is built with (default: the model's)",
-                                   validator=positive)
-    patch_size: int | None = setting(None, "patch size (default: the model's)", validator=positive)
-    embed_dim: int | None = setting(None, "token width (default: the model's)", validator=positive)
-    depth: int | None = setting(None, "number of blocks (default: the model's)", validator=positive)
-    num_heads: int | None = setting(None, "attention heads (default: the model's)",
-                                    validator=positive)
+    img_size: int | None = model_override("img_size the model is built with")
+    patch_size: int | None = model_override("patch size")
+    embed_dim: int | None = model_override("token width")
+    depth: int | None = model_override("number of blocks")
+    num_heads: int | None = model_override("attention heads")
     in_chans: int | None = setting(None, "input channels (default: the model's; 1-channel images "
                                    "are repeated to fill them)", validator=positive)
     class_token: bool | None = setting(None, "the model has a class token (default: the model's)")
@@ -76,11 +72,10 @@ class TimmTeacherConfig:
     precision: Literal["bf16", "fp32"] = setting("bf16", "autocast dtype of the teacher forward")
 
 
-def create_vit(config: TimmTeacherConfig, **kwargs: Any) -> VisionTransformer:
+def teacher_vit(config: TimmTeacherConfig, **kwargs: Any) -> VisionTransformer:
     """The configured timm ViT (random weights) on the current default device."""
-    shape = {key: getattr(config, key) for key in (
-        "img_size", "patch_size", "embed_dim", "depth", "num_heads", "in_chans", "class_token")}
-    return timm_vit(config.model, "tokenizer.model", registers=True, **shape, **kwargs)
+    return create_vit(config.model, "tokenizer.model", registers=True, **shape_overrides(config),
+                      **kwargs)
 
 
 def prepare_images(images: Tensor, size: int, channels: int, mean: Tensor, std: Tensor) -> Tensor:
@@ -91,12 +86,6 @@ def prepare_images(images: Tensor, size: int, channels: int, mean: Tensor, std: 
     if images.shape[1] != channels:  # grey images for an RGB teacher
         images = images.expand(-1, channels, -1, -1)
     return (images - mean) / std
-
-
-def channel_stat(values: tuple[float, ...], channels: int, what: str) -> Tensor:
-    if len(values) not in (1, channels):
-        raise ValueError(f"tokenizer.{what} has {len(values)} values for {channels} channels")
-    return per_channel(values, channels)  # (1, C, 1, 1)
 
 
 def check_channels(image: ImageSpec, channels: int) -> None:
@@ -122,7 +111,7 @@ class TimmTeacher(Tokenizer):
                              f"{len(vit.blocks)} blocks")
         check_channels(image, vit.patch_embed.proj.in_channels)
         for what in ("mean", "std"):
-            channel_stat(getattr(config, what), vit.patch_embed.proj.in_channels, what)
+            channel_stat(getattr(config, what), vit.patch_embed.proj.in_channels, f"tokenizer.{what}")
         return TokenSpec(grid=(size // patch, size // patch), dim=vit.embed_dim, discrete=False,
                          cls=vit.cls_token is not None)
 
@@ -134,14 +123,16 @@ class TimmTeacher(Tokenizer):
                 "global_pool": "avg" if "fc_norm.weight" in state else ""}
         # Another input size than the model's interpolates the position embedding on the fly.
         resized = config.size not in (None, _meta_vit(config).patch_embed.img_size[0])
-        self.vit = create_vit(config, **head, **({"dynamic_img_size": True} if resized else {}))
+        self.vit = teacher_vit(config, **head, **({"dynamic_img_size": True} if resized else {}))
         if path is not None:
             load_strict(self.vit, state, f"tokenizer.checkpoint {path}", config.model)
         if config.layer is not None:  # keep blocks 1..k; no final norm, no head
             self.vit.prune_intermediate_layers([config.layer - 1], prune_norm=True)
         channels = self.vit.patch_embed.proj.in_channels
-        self.register_buffer("mean", channel_stat(config.mean, channels, "mean"), persistent=False)
-        self.register_buffer("std", channel_stat(config.std, channels, "std"), persistent=False)
+        self.register_buffer("mean", channel_stat(config.mean, channels, "tokenizer.mean"),
+                             persistent=False)
+        self.register_buffer("std", channel_stat(config.std, channels, "tokenizer.std"),
+                             persistent=False)
         self.freeze()
 
     def forward(self, images: Tensor) -> Tokens:
@@ -159,7 +150,7 @@ class TimmTeacher(Tokenizer):
 
 def _meta_vit(config: TimmTeacherConfig) -> VisionTransformer:
     with torch.device("meta"):
-        return create_vit(config, num_classes=0, global_pool="")
+        return teacher_vit(config, num_classes=0, global_pool="")
 
 
 def read_state_dict(path: Path) -> dict[str, Tensor]:
@@ -217,18 +208,13 @@ def load_error(what: str, model: str, exc: BaseException) -> CheckpointError:
         found = re.search(rf"{label} key\(s\) in state_dict: (.*)", text)
         if found:
             keys = re.findall(r'"([^"]+)"', found.group(1))
-            parts.append(f"{label.lower()} keys {_some(keys)}")
+            parts.append(f"{label.lower()} keys {listed(keys)}")
     shapes = re.findall(r"size mismatch for (\S+): copying a param with shape torch\.Size\((\[.*?\])\) "
                         r"from checkpoint, the shape in current model is torch\.Size\((\[.*?\])\)", text)
     if shapes:
-        parts.append("shape mismatch " + _some([f"{key} ({file} in the file, {model} in the model)"
+        parts.append("shape mismatch " + listed([f"{key} ({file} in the file, {model} in the model)"
                                                 for key, file, model in shapes]))
     return CheckpointError(f"{what} does not fit {model} as configured: {'; '.join(parts)}")
-
-
-def _some(items: list[str]) -> str:
-    more = f", ... ({len(items)} in all)" if len(items) > _SHOWN else ""
-    return ", ".join(items[:_SHOWN]) + more
 
 
 def _first_line(exc: BaseException) -> str:

@@ -11,6 +11,8 @@ self-attention, masked cross-attention to its memory slice (normed), MLP. The bl
 the encoder's: a query for segment k reads memory of segments <= k only.
 """
 
+from typing import ClassVar
+
 import attrs
 import torch
 import torch.nn.functional as F
@@ -18,13 +20,11 @@ from timm.layers import Attention, Mlp, build_sincos2d_pos_embed, trunc_normal_
 from torch import Tensor, nn
 
 from arvision.components import Decoder, DecoderContext, EncoderOutput, Prediction
-from arvision.config import check, setting
+from arvision.config import positive, setting
 from arvision.plan import Plan
 
 __all__ = ["CrossAttention", "DecoderBlock", "MemoryProjection", "TransformerDecoder",
            "TransformerDecoderConfig"]
-
-positive = check(lambda v: v > 0, "a number > 0")
 
 
 @attrs.frozen
@@ -96,14 +96,27 @@ class TransformerDecoder(Decoder):
     """D-iGPT's generative (``next``) or discriminative (``visible``) decoder."""
 
     reads_final_output = False  # it reads the tapped blocks, not the final norm
+    #: Where each part lives in this module (for importers of other code bases' weights, such as
+    #: ``arvision convert digpt-official``): role -> submodule or parameter path.
+    PARTS: ClassVar[dict[str, str]] = {
+        "query": "query", "positions": "position", "memory_norms": "memory.norms",
+        "memory_projection": "memory.proj", "layers": "blocks", "final_norm": "norm",
+        "head": "head",
+    }
+    #: The parts of one of ``blocks`` (:class:`DecoderBlock`): role -> submodule path.
+    BLOCK_PARTS: ClassVar[dict[str, str]] = {
+        "self_attention_norm": "norm1", "self_attention_qkv": "self_attn.qkv",
+        "self_attention_proj": "self_attn.proj", "cross_attention_query_norm": "norm_query",
+        "cross_attention_memory_norm": "norm_memory", "cross_attention_q": "cross_attn.q",
+        "cross_attention_kv": "cross_attn.kv", "cross_attention_proj": "cross_attn.proj",
+        "mlp_norm": "norm2", "mlp_fc1": "mlp.fc1", "mlp_fc2": "mlp.fc2",
+    }
 
     def __init__(self, config: TransformerDecoderConfig, context: DecoderContext) -> None:
         super().__init__(config, context)
         if config.dim % config.num_heads:
             raise ValueError(f"dim {config.dim} is not divisible by num_heads {config.num_heads}")
-        if context.cls_target and not context.encoder_cls:
-            raise ValueError("the tokenizer has a CLS target but the encoder has no class token; "
-                             "set encoder.class_token = true")
+        context.require_encoder_cls()
         dim = config.dim
         memory_eps = config.norm_eps if config.memory_norm_eps is None else config.memory_norm_eps
         self.memory = MemoryProjection(context.encoder_dim, context.num_taps, dim, config.depth,

@@ -42,8 +42,8 @@ from torch import Tensor, nn
 from arvision import hookimpl
 from arvision.checkpoint import read_weights_only
 from arvision.components import ImageSpec, Tokenizer, Tokens, TokenSpec
-from arvision.config import check, setting
-from arvision.errors import CheckpointError
+from arvision.config import positive, setting
+from arvision.errors import CheckpointError, listed
 
 __all__ = ["IGNORED_KEYS", "IGNORED_PREFIXES", "VQKDConfig", "VQKDTokenizer", "read_checkpoint"]
 
@@ -55,9 +55,6 @@ IGNORED_KEYS = frozenset({"quantize.cluster_size", "quantize.embedding.cluster_s
                           "quantize.embedding.embed_avg", "quantize.embedding.initted"})
 #: Official name -> this module's name, where they differ.
 RENAMED = {"quantize.embedding.weight": "codebook"}
-_SHOWN = 4  # keys named in an error line
-
-positive = check(lambda v: v > 0, "a number > 0")
 
 
 @attrs.frozen
@@ -113,7 +110,7 @@ class VQKDTokenizer(Tokenizer):
         missing = [key for key in expected if key not in kept]
         unexpected = [key for key in kept if key not in expected]
         if missing or unexpected:
-            parts = [f"{label} {_some(keys)}" for label, keys in
+            parts = [f"{label} {listed(keys)}" for label, keys in
                      (("missing keys", missing), ("unexpected keys", unexpected)) if keys]
             raise CheckpointError(f"vqkd checkpoint {path}: not the VQ-KD layout: "
                                   f"{'; '.join(parts)}")
@@ -174,7 +171,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Tensor]:
                   "(at the top level or under 'model')")
     odd = [str(key) for key, value in state.items() if not isinstance(value, Tensor)]
     if odd:
-        raise bad(f"expected a dict of tensors; not tensors: {_some(odd)}")
+        raise bad(f"expected a dict of tensors; not tensors: {listed(odd)}")
     return state
 
 
@@ -184,11 +181,6 @@ def _official(key: str) -> str:
 
 def _ignored(key: str) -> bool:
     return key in IGNORED_KEYS or key.startswith(IGNORED_PREFIXES)
-
-
-def _some(keys: list[str]) -> str:
-    more = f", ... ({len(keys)} in all)" if len(keys) > _SHOWN else ""
-    return ", ".join(keys[:_SHOWN]) + more
 
 
 @hookimpl

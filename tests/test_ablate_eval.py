@@ -12,7 +12,7 @@ from arvision.evaluate import (
     random_init_encoder,
     raw_pixel_probes,
 )
-from arvision.train import train
+from arvision.pretrain import train
 from conftest import tiny_recipe
 
 

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from arvision_plugins.palette import load_palette, quantize
+from arvision_plugins.colour_palette import load_palette, quantize
 from conftest import REPO, run_cli
 
 # command -> words its help must show (a description and its main options)

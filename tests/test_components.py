@@ -9,7 +9,7 @@ import torch
 from arvision.build import build_model, resolve
 from arvision.plugins import load_plugins
 from arvision.registry import KINDS
-from arvision_plugins.palette import save_palette
+from arvision_plugins.colour_palette import save_palette
 from conftest import tiny_recipe
 from teachers import TINY_CLIP, TINY_VIT, write_clip_checkpoint, write_vit_checkpoint, write_vqkd_checkpoint
 

@@ -26,11 +26,12 @@ from arvision import hookimpl
 from arvision.build import build_model, resolve
 from arvision.checkpoint import load_checkpoint, save_checkpoint
 from arvision.components import Tokenizer, Tokens, TokenSpec
-from arvision.convert import convert_digpt_official, export_timm
+from arvision.convert import convert_digpt_official
 from arvision.errors import CheckpointError, RecipeError
-from arvision.plugins import load_plugins
+from arvision.export import export_timm
+from arvision.plugins import get_plugins, load_plugins
+from arvision.pretrain import train
 from arvision.recipe import recipe_to_dict, structure_recipe
-from arvision.train import train
 from conftest import run_cli, tiny_recipe
 
 IMAGENET = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
@@ -304,8 +305,8 @@ def converted_losses(state: dict, plugins, images: Tensor, target: Tensor, perm:
                      ) -> dict[str, Tensor]:
     """The loss parts of the recipe's ARModel on ``state`` converted from the reference."""
     recipe = structure_recipe(digpt_recipe(), "digpt.toml", plugins)
-    converted = convert_digpt_official({"model": state, "epoch": 3}, recipe, plugins=plugins)
-    model = build_model(resolve(recipe, plugins=plugins), with_tokenizer=False).eval()
+    converted = convert_digpt_official({"model": state, "epoch": 3}, recipe)
+    model = build_model(resolve(recipe), with_tokenizer=False).eval()
     default = model.decoders["generative"].position.clone()
     model.load_state_dict(converted, strict=True)
     assert not torch.equal(default, model.decoders["generative"].position)  # MAE's layout, carried
@@ -346,7 +347,7 @@ def test_memories_are_mapped_as_the_released_code_reads_them_not_by_name(plugins
     assert (parts["generative"] - ar_loss).abs() > 1e-3
     assert (parts["discriminative"] - kd_loss).abs() > 1e-3
     recipe = structure_recipe(digpt_recipe(), "digpt.toml", plugins)
-    converted = convert_digpt_official(state, recipe, plugins=plugins)
+    converted = convert_digpt_official(state, recipe)
     depth = 2  # contiguous chunks from the interleaved rows
     assert torch.equal(converted["decoders.generative.memory.proj.bias"],
                        state["kd_enc2dec.bias"].view(-1, depth).T.flatten())
@@ -357,7 +358,7 @@ def test_memories_are_mapped_as_the_released_code_reads_them_not_by_name(plugins
 def test_checkpoint_without_decoder_positions_still_loads(plugins):
     """Before positions were saved: a missing ``position`` keeps the built-in sin-cos table."""
     recipe = structure_recipe(digpt_recipe(), "digpt.toml", plugins)
-    model = build_model(resolve(recipe, plugins=plugins), with_tokenizer=False)
+    model = build_model(resolve(recipe), with_tokenizer=False)
     state = {key: value for key, value in model.state_dict().items() if not key.endswith(".position")}
     default = model.decoders["generative"].position.clone()
     model.load_state_dict(state, strict=True)
@@ -371,7 +372,7 @@ def test_shared_norm_saved_once_fills_all_taps(plugins):
             for name in ("weight", "bias"):
                 del state[f"{p}_enc_norm.{i}.{name}"]
     recipe = structure_recipe(digpt_recipe(), "digpt.toml", plugins)
-    converted = convert_digpt_official(state, recipe, plugins=plugins)
+    converted = convert_digpt_official(state, recipe)
     norm0 = state["kd_enc_norm.0.weight"]  # the generative decoder reads the kd_* memory
     assert all(torch.equal(converted[f"decoders.generative.memory.norms.{i}.weight"], norm0)
                for i in range(4))
@@ -380,7 +381,7 @@ def test_shared_norm_saved_once_fills_all_taps(plugins):
 def test_interleaved_projection_is_reordered(plugins):
     state = reference().state_dict()
     recipe = structure_recipe(digpt_recipe(), "digpt.toml", plugins)
-    converted = convert_digpt_official(state, recipe, plugins=plugins)
+    converted = convert_digpt_official(state, recipe)
     # the discriminative decoder reads the ar_* memory
     source, proj = state["ar_enc2dec.weight"], converted["decoders.discriminative.memory.proj.weight"]
     depth, dim = 2, 16
@@ -412,7 +413,7 @@ def test_checkpoint_that_does_not_fit_is_one_line(plugins, edit, match):
     edit(state)
     recipe = structure_recipe(digpt_recipe(), "digpt.toml", plugins)
     one_line_error(CheckpointError, match,
-                   lambda: convert_digpt_official(state, recipe, plugins=plugins, source="digpt.toml"))
+                   lambda: convert_digpt_official(state, recipe, source="digpt.toml"))
 
 
 @pytest.mark.parametrize(("change", "match"), [
@@ -432,7 +433,7 @@ def test_recipe_that_cannot_hold_digpt_is_one_line(plugins, change, match):
     recipe = structure_recipe(data, "digpt.toml", plugins)
     state = reference().state_dict()
     one_line_error(RecipeError, match,
-                   lambda: convert_digpt_official(state, recipe, plugins=plugins, source="digpt.toml"))
+                   lambda: convert_digpt_official(state, recipe, source="digpt.toml"))
 
 
 # --- command line ------------------------------------------------------------------------------
@@ -458,7 +459,7 @@ def test_cli_convert_writes_a_checkpoint_the_recipe_loads(tmp_path, capsys):
     assert f"wrote {out}" in stdout
     saved = load_checkpoint(out)
     assert saved["step"] == 0
-    recipe = structure_recipe(saved["recipe"], "saved")
+    recipe = structure_recipe(saved["recipe"], "saved", get_plugins())
     model = build_model(resolve(recipe), with_tokenizer=False)
     model.load_state_dict(saved["model"], strict=True)
     code, stdout, err = run_cli(capsys, "export", out, "--timm", tmp_path / "encoder.pth")

@@ -5,11 +5,11 @@ import pytest
 import torch
 from test_data_pack import CLASSES, fake_fashion, image_tree
 
-from arvision.build import data_image_spec
-from arvision.data.bad import BadImageError
 from arvision.data.loader import build_batches, build_dataset
 from arvision.data.pack import PackOptions, pack
 from arvision.data.pack_format import key, open_env, reader, verify
+from arvision.data.sources import image_spec
+from arvision.data.unreadable import BadImageError
 from arvision.errors import DataError
 from arvision.recipe import DataConfig
 from conftest import tiny_recipe
@@ -64,9 +64,9 @@ def test_recipe_geometry_comes_from_the_pack(tmp_path):
     out = tmp_path / "fm.lmdb"
     pack(PackOptions(src=tmp_path, out=out, source="fashion_mnist", split="test", workers=1))
     recipe = tiny_recipe(data={"source": "lmdb", "root": str(out), "split": "test"})
-    assert data_image_spec(recipe) == (28, 1)
+    assert image_spec(recipe.data) == (28, 1)
     missing = tiny_recipe(data={"source": "lmdb", "root": str(tmp_path / "not-yet.lmdb")})
-    assert data_image_spec(missing) == (None, 3)
+    assert image_spec(missing.data) == (None, 3)
 
 
 BAD = ("truncated.jpg", "empty.jpg", "notes.jpg")

@@ -6,6 +6,7 @@ import pytest
 
 from arvision.build import resolve
 from arvision.cli import main
+from arvision.plugins import get_plugins
 from arvision.recipe import load_recipe
 from arvision.summary import summarize
 from conftest import REPO
@@ -13,7 +14,7 @@ from conftest import REPO
 
 def summary_of(name: str, *overrides: str) -> dict:
     path = REPO / "recipes" / f"{name}.toml"
-    return summarize(resolve(load_recipe(path, list(overrides)), str(path)))
+    return summarize(resolve(load_recipe(path, list(overrides), plugins=get_plugins()), str(path)))
 
 
 @pytest.mark.parametrize(("name", "depth", "width", "encoder_params"), [
@@ -84,7 +85,7 @@ def test_finetune_recipes_follow_the_protocol_and_fit_their_pretraining(
     assert (tune.mixup, tune.cutmix, tune.label_smoothing, tune.reprob) == (0.8, 1.0, 0.1, 0.25)
     assert tune.auto_augment == "rand-m9-mstd0.5-inc1" and tune.global_pool == "avg"
     assert (train.warmup_epochs, train.base_lr, train.weight_decay) == (5, 1e-4, 0.05)
-    pretrain = load_recipe(REPO / "recipes" / f"{pretraining}.toml")
+    pretrain = load_recipe(REPO / "recipes" / f"{pretraining}.toml", plugins=get_plugins())
     check_same_encoder(recipe, pretrain, path, str(path))  # raises on any differing key
     with pytest.raises(SystemExit) as exit_info:
         main(["check", str(path), "--json"])

@@ -19,7 +19,7 @@ from arvision.evaluate import (
     run_probes,
     topk_accuracy,
 )
-from arvision.train import train
+from arvision.pretrain import train
 from conftest import run_cli, tiny_recipe
 
 CLASSES = 4

@@ -21,7 +21,7 @@ from arvision.finetune import (
     structure_finetune_recipe,
 )
 from arvision.finetune.data import SeededTransform, train_transform
-from arvision.train import train
+from arvision.pretrain import train
 from conftest import REPO, TINY, require_fashion_mnist, run_cli, tiny_recipe
 
 #: Fine-tuning the tiny encoder of conftest.TINY on its synthetic data, a few fp32 steps.

@@ -10,7 +10,7 @@ import torch
 
 from arvision.data import SyntheticImages
 from arvision.errors import CheckpointError
-from arvision_plugins import palette
+from arvision_plugins import colour_palette as palette
 
 
 def clustered(

@@ -276,7 +276,7 @@ def test_good_third_party_plugin_loads_and_its_component_builds(third_party):
     recipe = structure_recipe(tiny_data(target={"name": "l1", "scale": 2.0}), "x.toml", plugins)
     assert type(recipe.target.config) is registration.config
     assert recipe.target.config.scale == 2.0
-    blueprint = resolve(recipe, "x.toml", plugins)
+    blueprint = resolve(recipe, "x.toml")
     assert type(blueprint.target).__name__ == "L1Target"
     loss = blueprint.target.loss(torch.ones(3, 4), torch.zeros(3, 4))
     assert torch.equal(loss, torch.full((3,), 2.0))

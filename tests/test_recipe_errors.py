@@ -11,6 +11,7 @@ import pytest
 import tomli_w
 
 from arvision.cli import main
+from arvision.plugins import get_plugins
 from arvision.recipe import load_recipe, recipe_to_dict, save_recipe
 from conftest import REPO, tiny_data
 
@@ -217,7 +218,7 @@ def test_subprocess_exit_code_and_single_line(tmp_path):
 def test_set_overrides_with_toml_values(tmp_path):
     # The file names a tokenizer that does not exist: the override must replace it before checking.
     path = write(tmp_path, tiny_data(tokenizer={"name": "pixel"}, target={"name": "ce"}), name="r.toml")
-    recipe = load_recipe(path, [
+    recipe = load_recipe(path, plugins=get_plugins(), overrides=[
         "train.base_lr=1e-3", "encoder.depth=3", "train.betas=[0.9, 0.99]", "tokenizer.name=pixels",
         "tokenizer.normalize=false", "decoders.0.weight=0.5", "target.name='mse'",
         "data.synthetic.num_images=32", "run.name='two words'", "data.flip=true", "train.seed=7",
@@ -240,7 +241,8 @@ def test_set_overrides_with_toml_values(tmp_path):
 
 def test_set_bare_word_is_a_string(tmp_path):
     path = write(tmp_path, tiny_data(tokenizer={"name": "pixels"}), name="r.toml")
-    recipe = load_recipe(path, ["tokenizer.name=pixels", "run.name=hello", "train.device=cpu"])
+    recipe = load_recipe(path, ["tokenizer.name=pixels", "run.name=hello", "train.device=cpu"],
+                         plugins=get_plugins())
     assert recipe.tokenizer.name == "pixels"
     assert recipe.run.name == "hello"
     assert recipe.train.device == "cpu"
@@ -249,7 +251,8 @@ def test_set_bare_word_is_a_string(tmp_path):
 def test_set_is_applied_in_order_and_does_not_touch_the_file(tmp_path):
     path = write(tmp_path, tiny_data(), name="r.toml")
     before = path.read_text()
-    recipe = load_recipe(path, ["encoder.depth=3", "encoder.depth=4", "decoders.0.predicts=visible"])
+    recipe = load_recipe(path, ["encoder.depth=3", "encoder.depth=4", "decoders.0.predicts=visible"],
+                         plugins=get_plugins())
     assert recipe.encoder.depth == 4
     assert recipe.decoders[0].predicts == "visible"
     assert recipe.decoders[0].loss_key == "linear_visible"
@@ -281,11 +284,11 @@ def test_saved_recipe_loads_back_equal(tmp_path, monkeypatch, plugins, path):
         return
     recipe = load_recipe(path.relative_to(REPO), plugins=plugins)
     saved = tmp_path / "recipe.toml"
-    save_recipe(recipe, saved, plugins)
+    save_recipe(recipe, saved)
     again = load_recipe(saved, plugins=plugins)
     assert again == recipe
-    assert recipe_to_dict(again, plugins) == recipe_to_dict(recipe, plugins)
-    save_recipe(again, tmp_path / "twice.toml", plugins)
+    assert recipe_to_dict(again) == recipe_to_dict(recipe)
+    save_recipe(again, tmp_path / "twice.toml")
     assert (tmp_path / "twice.toml").read_text() == saved.read_text()
 
 
@@ -295,7 +298,7 @@ def test_saved_recipe_is_fully_resolved(tmp_path, plugins):
         {"name": "linear", "predicts": "visible", "key": "own"}]), name="in.toml")
     recipe = load_recipe(source, ["train.betas=[0.8, 0.9]"], plugins=plugins)
     saved = tmp_path / "resolved.toml"
-    save_recipe(recipe, saved, plugins)
+    save_recipe(recipe, saved)
     import tomllib
 
     data = tomllib.loads(saved.read_text())
@@ -336,11 +339,12 @@ def test_component_configs_are_frozen_instances_of_the_registered_class(plugins)
 def saved_finetune_recipe_loads_back_equal(tmp_path, path):
     import tomli_w
 
-    from arvision.finetune import finetune_to_dict, load_finetune_recipe
+    from arvision.finetune import load_finetune_recipe
+    from arvision.recipe import recipe_to_dict
 
     recipe = load_finetune_recipe(path)
     saved = tmp_path / "recipe.toml"
-    saved.write_text(tomli_w.dumps(finetune_to_dict(recipe)))
+    saved.write_text(tomli_w.dumps(recipe_to_dict(recipe)))
     assert load_finetune_recipe(saved) == recipe
 
 

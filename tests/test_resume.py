@@ -14,8 +14,9 @@ import torch
 
 from arvision.checkpoint import load_checkpoint, save_checkpoint
 from arvision.errors import CheckpointError, RecipeError
+from arvision.plugins import get_plugins
+from arvision.pretrain import train
 from arvision.recipe import structure_recipe
-from arvision.train import train
 from conftest import tiny_data
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
@@ -101,11 +102,11 @@ def test_accumulation_matches_one_large_batch(tmp_path, monkeypatch):
     monkeypatch.setattr(ARModel, "forward", counted)
     base = tiny_data(ordering={"name": "segments", "rows": 2, "cols": 2},
                      train={"steps": 4, "batch_size": 32, "base_lr": 0.05, "log_every": 1})
-    one = train(structure_recipe(base, "one"), tmp_path / "one")
+    one = train(structure_recipe(base, "one", get_plugins()), tmp_path / "one")
     assert forwards == [32] * 4
     forwards.clear()
     base["train"]["micro_batch"] = 8
-    four = train(structure_recipe(base, "four"), tmp_path / "four")
+    four = train(structure_recipe(base, "four", get_plugins()), tmp_path / "four")
     assert forwards == [8] * 16  # 4 steps of 4 micro-batches
     assert four.losses == pytest.approx(one.losses, rel=1e-5)
     norms = [[json.loads(line)["grad_norm"] for line in (tmp_path / run / "metrics.jsonl")
@@ -118,17 +119,17 @@ def test_accumulation_matches_one_large_batch(tmp_path, monkeypatch):
 
 
 def test_batch_size_must_split_into_micro_batches(tmp_path):
-    recipe = structure_recipe(tiny_data(train={"batch_size": 12, "micro_batch": 8}), "x.toml")
+    recipe = structure_recipe(tiny_data(train={"batch_size": 12, "micro_batch": 8}), "x.toml", get_plugins())
     with pytest.raises(RecipeError, match="train.batch_size: 12 is not a multiple of micro_batch 8"):
         train(recipe, tmp_path / "run", "x.toml")
 
 
 def test_resuming_with_another_recipe_is_refused(tmp_path):
-    train(structure_recipe(tiny_data(train={"steps": 2}), "x.toml"), tmp_path / "run")
-    changed = structure_recipe(tiny_data(train={"steps": 4, "base_lr": 0.5}), "x.toml")
+    train(structure_recipe(tiny_data(train={"steps": 2}), "x.toml", get_plugins()), tmp_path / "run")
+    changed = structure_recipe(tiny_data(train={"steps": 4, "base_lr": 0.5}), "x.toml", get_plugins())
     with pytest.raises(RecipeError, match="train.base_lr: 0.5 differs from the run being resumed"):
         train(changed, tmp_path / "run", "x.toml")
-    longer = train(structure_recipe(tiny_data(train={"steps": 4}), "x.toml"), tmp_path / "run")
+    longer = train(structure_recipe(tiny_data(train={"steps": 4}), "x.toml", get_plugins()), tmp_path / "run")
     assert longer.steps == 4 and len(longer.losses) == 2  # steps 3 and 4 only
 
 
@@ -148,7 +149,7 @@ def test_interrupted_checkpoint_write_leaves_the_previous_one(tmp_path, monkeypa
 
 
 def test_truncated_latest_checkpoint_is_named(tmp_path):
-    recipe = structure_recipe(tiny_data(train={"steps": 4, "checkpoint_every": 2}), "x.toml")
+    recipe = structure_recipe(tiny_data(train={"steps": 4, "checkpoint_every": 2}), "x.toml", get_plugins())
     train(recipe, tmp_path / "run")
     latest = tmp_path / "run" / "checkpoints" / "step_00000004.pt"
     latest.write_bytes(latest.read_bytes()[:100])

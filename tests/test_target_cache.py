@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from arvision.build import build_model, resolve
-from arvision.data.target_cache import TargetCache, write_target_cache
+from arvision.data.target_cache import TargetCache
 from arvision.errors import DataError
-from arvision.train import build_trainer, cached_tokens, train
+from arvision.pretrain import build_trainer, cached_tokens, train, write_target_cache
 from conftest import tiny_recipe
 
 VIEWS = {"crop_scale": [0.3, 1.0], "flip": True, "limit": 16}
@@ -33,7 +33,7 @@ def test_cache_stores_every_view_and_a_manifest(tmp_path):
 def test_cached_run_gives_the_online_teachers_loss_for_the_same_view(tmp_path):
     recipe, path, _ = make_cache(tmp_path)
     cached_recipe = tiny_recipe(data={**VIEWS, "targets": str(path)})
-    trainer = build_trainer(cached_recipe, tmp_path / "run", "tiny.toml", None)
+    trainer = build_trainer(cached_recipe, tmp_path / "run", "tiny.toml")
     assert trainer.model.tokenizer is None  # no teacher is built
     images, _labels, _seeds, *cached = next(trainer.batches)
     tokens = cached_tokens(cached, torch.device("cpu"))
@@ -69,7 +69,7 @@ def test_a_cache_made_with_other_settings_is_refused(tmp_path, change, differs):
     sections = {"data": {**VIEWS}, **change}
     sections["data"] = {**sections["data"], "targets": str(path)}
     with pytest.raises(DataError, match=f"made with other settings \\({differs} differ"):
-        build_trainer(tiny_recipe(**sections), tmp_path / "run", "tiny.toml", None)
+        build_trainer(tiny_recipe(**sections), tmp_path / "run", "tiny.toml")
 
 
 def test_missing_or_unfinished_cache_is_named(tmp_path):

@@ -8,9 +8,11 @@ import torch
 
 from arvision.build import build_model, resolve
 from arvision.checkpoint import load_checkpoint, save_checkpoint
+from arvision.engine import DivergedError, Trainer, fit
 from arvision.errors import CheckpointError
+from arvision.plugins import get_plugins
+from arvision.pretrain import build_trainer, train
 from arvision.recipe import load_recipe, structure_recipe
-from arvision.train import DivergedError, Trainer, build_trainer, fit, train
 from conftest import REPO, require_fashion_mnist, tiny_recipe
 
 
@@ -25,7 +27,7 @@ def test_tiny_run_learns_and_writes_its_outputs(tmp_path):
     assert result.steps == 40 and len(result.losses) == 40
     assert _mean(result.losses[-5:]) < 0.8 * _mean(result.losses[:5])
 
-    resolved = load_recipe(tmp_path / "run" / "recipe.toml")
+    resolved = load_recipe(tmp_path / "run" / "recipe.toml", plugins=get_plugins())
     assert resolved == recipe
     lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [line["step"] for line in lines] == [10, 20, 30, 40]
@@ -34,7 +36,7 @@ def test_tiny_run_learns_and_writes_its_outputs(tmp_path):
 
     state = load_checkpoint(result.checkpoint)
     assert state["step"] == 40
-    model = build_model(resolve(structure_recipe(state["recipe"], "ckpt"), "ckpt"))
+    model = build_model(resolve(structure_recipe(state["recipe"], "ckpt", get_plugins()), "ckpt"))
     model.load_state_dict(state["model"])  # strict
 
 
@@ -79,7 +81,8 @@ def test_real_fashion_mnist_run_loss_falls(name, tmp_path, monkeypatch):
     require_fashion_mnist()
     monkeypatch.chdir(REPO)  # recipes name their palette relative to the repository
     recipe = load_recipe(REPO / "recipes" / f"{name}.toml",
-                         ["train.steps=120", "train.warmup_steps=20", "train.log_every=40"])
+                         ["train.steps=120", "train.warmup_steps=20", "train.log_every=40"],
+                         plugins=get_plugins())
     result = train(recipe, tmp_path / name, f"{name}.toml")
     assert _mean(result.losses[-10:]) < 0.85 * _mean(result.losses[:10])
 
@@ -167,7 +170,7 @@ def compiled_run(tmp_path_factory):
 
     out = tmp_path_factory.mktemp("compile")
     eager = train(recipe(False), out / "eager")
-    trainer = build_trainer(recipe(True), out / "compiled", "tiny.toml", None)
+    trainer = build_trainer(recipe(True), out / "compiled", "tiny.toml")
     compiled = fit(trainer)
     blocks = {name: [block._compiled_call_impl is not None for block in module]  # Module.compile()
               for name, module in trainer.model.named_modules() if name.endswith("blocks")}

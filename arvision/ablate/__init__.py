@@ -2,12 +2,12 @@
 evaluated with one protocol and reported side by side (``arvision ablate``, docs/ablations.md).
 
     spec.py       the ablation file, expanded into runs        plan.py     checks, identities
-    protocol.py   the [eval] and [launcher] tables             engine.py   the door to arvision
+    protocol.py   the [eval] and [launcher] tables             backend.py  the door to arvision
     driver.py     launch, poll, report as runs finish          worker.py   one run, one process
     launchers.py  local subprocesses or submitit jobs          estimate.py --dry-run
     results.py, stats.py, report.py, plots.py: the report      progress.py the live display
 
-This package sits above the engine: it imports arvision's internals only in ``engine.py``.
+This package sits above the engine: it imports arvision's internals only in ``backend.py``.
 Its public names are imported lazily, so ``import arvision.ablate`` stays light.
 """
 

@@ -12,7 +12,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from . import engine
+from . import backend
 from .plan import Plan, PlannedRun
 from .progress import duration
 
@@ -40,8 +40,8 @@ def measure_rate(plan: Plan, steps: int = 4) -> tuple[float, PlannedRun] | None:
     if not sized:
         return None
     smallest = min(sized, key=_work)
-    engine.set_threads(plan.threads)
-    seconds = engine.time_steps(engine.validate(smallest.record, smallest.source), steps)
+    backend.set_threads(plan.threads)
+    seconds = backend.time_steps(backend.validate(smallest.record, smallest.source), steps)
     return _work(smallest) / seconds, smallest
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import attrs
 
-from . import engine
+from . import backend
 from .files import read_json
 from .spec import Ablation
 
@@ -111,10 +111,10 @@ def make_plan(ablation: Ablation, out: Path, threads: int, world: int = 1) -> Pl
     runs = []
     for spec in ablation.runs:
         source = f"{path}: variant {spec.label}"
-        recipe = engine.validate(spec.data, source)
+        recipe = backend.validate(spec.data, source)
         if spec.label not in described:  # parameters and FLOPs do not depend on the seed
-            described[spec.label] = engine.describe(recipe, source)
-        record = engine.canonical(recipe)
+            described[spec.label] = backend.describe(recipe, source)
+        record = backend.canonical(recipe)
         key = identity(record, threads, world)
         name = slug(f"{spec.label.replace(' ', '-')}-seed{spec.seed}") + f"-{key[:8]}"
         record["run"] = {**record.get("run", {}), "name": name}
@@ -127,7 +127,7 @@ def make_plan(ablation: Ablation, out: Path, threads: int, world: int = 1) -> Pl
     baselines = None
     if protocol["random_init"] or protocol["raw_pixels"]:
         source = f"{path}: base"
-        record = engine.canonical(engine.validate(ablation.baseline_data, source))
+        record = backend.canonical(backend.validate(ablation.baseline_data, source))
         key = identity(record, threads, world)
         record["run"] = {**record.get("run", {}), "name": "baselines"}
         baselines = PlannedRun("baselines", "baselines", "baselines", (), record["train"]["seed"],

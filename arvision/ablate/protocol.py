@@ -9,7 +9,7 @@ from typing import Any, Literal
 import attrs
 
 from ..config import check, make_converter, setting
-from .engine import KNN_KS, LINEAR_LRS, LINEAR_WEIGHT_DECAYS, structure_config
+from .backend import KNN_KS, LINEAR_LRS, LINEAR_WEIGHT_DECAYS, structure_config
 
 __all__ = ["EvalProtocol", "LauncherConfig", "structure_table"]
 

@@ -24,7 +24,7 @@ import attrs
 
 from ..config import FieldError, check, setting
 from ..errors import RecipeError
-from .engine import apply_override, read_base
+from .backend import apply_override, read_base
 from .protocol import EvalProtocol, LauncherConfig, structure_table
 
 __all__ = ["Ablation", "AblationFile", "RunSpec", "VariantTable", "load_ablation", "set_path"]

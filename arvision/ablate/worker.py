@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ArvisionError
-from . import engine
+from . import backend
 from .files import read_metrics, write_json
 
 __all__ = ["execute", "loss_stats", "main", "run_lock", "slurm_job"]
@@ -64,27 +64,27 @@ def _peak_memory() -> dict[str, float | None]:
 def execute(run_dir: Path) -> dict[str, Any] | None:
     """Run what ``RUN_DIR/run.json`` describes; returns the result (None on ranks other than 0)."""
     task = json.loads((run_dir / "run.json").read_text())
-    engine.set_threads(task["threads"])
+    backend.set_threads(task["threads"])
     first_rank = int(os.environ.get("RANK", "0")) == 0
     if task["kind"] == "baselines" and not first_rank:
         return None  # evaluation runs on one process
     with run_lock(run_dir) if first_rank else contextlib.nullcontext():
         started = time.perf_counter()
-        recipe = engine.validate(task["recipe"], task["source"])
+        recipe = backend.validate(task["recipe"], task["source"])
         protocol = task["protocol"]
         if task["kind"] == "baselines":
-            payload = {"baselines": engine.evaluate_baselines(recipe, protocol, run_dir,
+            payload = {"baselines": backend.evaluate_baselines(recipe, protocol, run_dir,
                                                               task["source"])}
         else:
-            reports, steps, checkpoint = engine.pretrain(recipe, run_dir, task["source"])
+            reports, steps, checkpoint = backend.pretrain(recipe, run_dir, task["source"])
             if not reports:
                 return None
-            payload = {"probes": engine.evaluate_checkpoint(checkpoint, protocol), "steps": steps,
+            payload = {"probes": backend.evaluate_checkpoint(checkpoint, protocol), "steps": steps,
                        **loss_stats(read_metrics(run_dir / "metrics.jsonl"))}
         result = {key: task[key] for key in ("kind", "label", "variant", "axes", "seed",
                                              "identity", "protocol_id", "costs", "command",
                                              "git")}
-        result.update(payload, threads=engine.threads_in_use(),
+        result.update(payload, threads=backend.threads_in_use(),
                       wall_s=round(time.perf_counter() - started, 2),
                       **_peak_memory(), finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
         write_json(run_dir / "result.json", result)

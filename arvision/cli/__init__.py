@@ -4,10 +4,9 @@ import sys
 
 import typer
 
-from ..ablate.command import ablate
 from ..errors import ArvisionError
 from ..plugins import Plugins, get_plugins
-from . import check, convert, data, evaluate, export, plugins_command, run
+from . import ablate, check, convert, data, evaluate, export, plugins_command, run
 
 __all__ = ["build_app", "main"]
 
@@ -22,7 +21,7 @@ def build_app(plugins: Plugins) -> typer.Typer:
                       pretty_exceptions_enable=False, rich_markup_mode=None)
     app.command("run")(run.run)
     app.command("check")(check.check)
-    app.command("ablate")(ablate)
+    app.command("ablate")(ablate.ablate)
     app.command("plugins")(plugins_command.plugins)
     app.add_typer(convert.convert_app(), name="convert")
     app.command("export")(export.export)

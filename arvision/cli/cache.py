@@ -24,10 +24,11 @@ def cache_targets(
     """
     from rich.progress import Progress
 
-    from ..data.target_cache import write_target_cache
+    from ..plugins import get_plugins
+    from ..pretrain import write_target_cache
     from ..recipe import load_recipe
 
-    loaded = load_recipe(recipe, overrides)
+    loaded = load_recipe(recipe, overrides, plugins=get_plugins())
     with Progress(transient=True) as progress:
         task = progress.add_task("caching targets", total=None)
         manifest = write_target_cache(

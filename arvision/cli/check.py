@@ -32,6 +32,7 @@ def check(
     """
     from ..build import resolve  # heavy imports (torch, timm) only when a command runs
     from ..finetune.recipe import is_finetune
+    from ..plugins import get_plugins
     from ..recipe import read_recipe_data, structure_recipe
     from ..summary import summarize
 
@@ -39,7 +40,7 @@ def check(
     if is_finetune(data):
         check_finetune(recipe, data, as_json)
         return
-    summary = summarize(resolve(structure_recipe(data, str(recipe)), str(recipe)))
+    summary = summarize(resolve(structure_recipe(data, str(recipe), get_plugins()), str(recipe)))
     if as_json:
         typer.echo(json.dumps(summary, indent=2))
         return

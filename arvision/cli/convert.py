@@ -27,9 +27,10 @@ def digpt_official(
     """
     from ..checkpoint import save_checkpoint  # heavy imports (torch, timm) only when run
     from ..convert import convert_digpt_official, load_digpt_official
+    from ..plugins import get_plugins
     from ..recipe import load_recipe, recipe_to_dict
 
-    loaded = load_recipe(recipe, overrides)
+    loaded = load_recipe(recipe, overrides, plugins=get_plugins())
     state = convert_digpt_official(load_digpt_official(checkpoint), loaded, source=str(recipe),
                                    name=str(checkpoint))
     save_checkpoint(out, {"model": state, "step": 0, "recipe": recipe_to_dict(loaded)})

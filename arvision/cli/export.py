@@ -18,7 +18,7 @@ def export(
     Prints the timm.create_model(...) call (model name and the recipe's overrides) that loads
     it strictly. An encoder with stem = 'tokens' has no patch embedding and is refused.
     """
-    from ..convert import export_timm  # heavy imports (torch, timm) only when run
+    from ..export import export_timm  # heavy imports (torch, timm) only when run
 
     call = export_timm(checkpoint, timm_out)
     typer.echo(f"wrote {timm_out}; load it with:\n{call}")

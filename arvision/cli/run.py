@@ -24,15 +24,16 @@ def run(
     [finetune] table fine-tunes a classifier instead, scores it on data.eval_split and writes
     eval.json and classifier_timm.pt (docs/evaluation.md).
     """
-    from ..checkpoint import saved_steps
+    from ..engine.checkpoints import saved_steps
     from ..errors import CheckpointError
     from ..finetune.recipe import is_finetune, structure_finetune_recipe
+    from ..plugins import get_plugins
     from ..recipe import read_recipe_data, structure_recipe  # heavy imports only when run
 
     data = read_recipe_data(recipe, overrides)
     finetuning = is_finetune(data)
     loaded = structure_finetune_recipe(data, str(recipe)) if finetuning else \
-        structure_recipe(data, str(recipe))
+        structure_recipe(data, str(recipe), get_plugins())
     out_dir = out or Path(loaded.run.out_dir or Path("runs") / loaded.run.name)
     if resume and not saved_steps(out_dir / "checkpoints"):
         raise CheckpointError(f"{out_dir}: no checkpoint to resume from (checkpoints/step_*.pt)")
@@ -41,7 +42,7 @@ def run(
 
         report_finetune(finetune(loaded, out_dir, source=str(recipe)))
         return
-    from ..train import train
+    from ..pretrain import train
 
     result = train(loaded, out_dir, source=str(recipe))
     if not result.main:

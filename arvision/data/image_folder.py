@@ -7,8 +7,8 @@ from torch import Tensor
 from torchvision.datasets import ImageFolder
 
 from ..errors import DataError
-from .bad import BadImageError, SkipBad
 from .images import decode
+from .unreadable import BadImageError, SkipBad
 
 __all__ = ["ImageFiles", "image_folder_dataset", "read_image"]
 

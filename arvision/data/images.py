@@ -17,7 +17,7 @@ from torchvision.io import ImageReadMode, decode_image, decode_jpeg, encode_jpeg
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
-from .bad import BadImageError
+from .unreadable import BadImageError
 
 __all__ = ["decode", "encode", "resize_short_side"]
 

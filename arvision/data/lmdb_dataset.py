@@ -14,9 +14,9 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from ..errors import DataError
-from .bad import BadImageError, SkipBad
 from .images import decode
 from .pack_format import gap_offsets, parse_record, read_json, reader, record_key, validate
+from .unreadable import BadImageError, SkipBad
 
 __all__ = ["LmdbImages", "lmdb_dataset", "pack_image_spec", "pack_path"]
 

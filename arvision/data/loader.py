@@ -1,19 +1,14 @@
 """From a recipe's ``[data]`` table to a resumable loader of student-sized images in [0, 1]."""
 
 import warnings
-from pathlib import Path
 
 import torch
 from torch.utils.data import Dataset
 from torchdata.stateful_dataloader import StatefulDataLoader
 
-from ..errors import DataError
-from ..recipe import DataConfig
-from .fashion_mnist import FashionMNIST
-from .image_folder import image_folder_dataset
-from .lmdb_dataset import lmdb_dataset
+from ..recipe.schema import DataConfig
 from .sampler import Augmented, Batches, EpochSampler
-from .synthetic import SyntheticImages
+from .sources import build_dataset
 from .target_cache import CachedViews, TargetCache
 from .views import ViewAugment
 
@@ -21,30 +16,6 @@ __all__ = ["Transformed", "build_batches", "build_dataset", "build_loader", "key
 
 # torchdata 0.11 calls a deprecated torch API on every loader; the warning is not actionable here.
 warnings.filterwarnings("ignore", message="'set_vital' is deprecated", category=UserWarning)
-
-
-def build_dataset(config: DataConfig, split: str | None = None) -> Dataset:
-    """The recipe's data source (``split`` overrides ``data.split``)."""
-    split = split or config.split
-    if config.source == "synthetic":
-        opts = config.synthetic
-        dataset = SyntheticImages(opts.num_images, opts.image_size, opts.channels,
-                                  opts.num_classes, seed=0 if split == "train" else 1)
-        if config.limit:
-            dataset = torch.utils.data.Subset(dataset, range(min(config.limit, len(dataset))))
-        return dataset
-    if config.source == "imagefolder":
-        return _image_folder(config, split)
-    if config.source == "lmdb":
-        return lmdb_dataset(config, split)
-    kwargs = {"root": config.root} if config.root else {}
-    return FashionMNIST(split=split, limit=config.limit, **kwargs)
-
-
-def _image_folder(config: DataConfig, split: str) -> Dataset:
-    if not config.root:
-        raise DataError("data.root: required for source 'imagefolder' (ROOT/SPLIT/<class>/<image>)")
-    return image_folder_dataset(Path(config.root) / split, config.limit, config.on_error)
 
 
 class Transformed(Dataset):

@@ -23,10 +23,10 @@ import attrs
 import torch
 
 from ..errors import DataError
-from .bad import BadImageError, warn
 from .image_folder import read_image
 from .images import encode, resize_short_side
 from .pack_format import FORMAT, VERSION, content_hash, key, make_record, open_env
+from .unreadable import BadImageError, warn
 
 __all__ = ["Listing", "PackOptions", "list_source", "pack"]
 

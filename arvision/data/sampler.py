@@ -81,6 +81,14 @@ class Batches:
     def __iter__(self) -> "Batches":
         return self
 
+    def __len__(self) -> int:
+        """Batches per epoch."""
+        return len(self.loader)
+
+    @property
+    def dataset_size(self) -> int:
+        return len(self.loader.dataset)
+
     def state_dict(self) -> dict[str, Any]:
         return {"epoch": self.epoch, "loader": self.loader.state_dict()}
 

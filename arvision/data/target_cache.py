@@ -1,4 +1,5 @@
-"""The target cache: a tokenizer's outputs for K fixed augmented views of every image, in LMDB.
+"""The target cache, as training reads it: a tokenizer's outputs for K fixed augmented views of
+every image, in LMDB (written by :func:`arvision.pretrain.write_target_cache`).
 
 D-iGPT spends much of its compute on the ViT-H teacher. ``arvision data cache-targets`` runs the
 recipe's tokenizer once over K views per image (drawn like training views, from
@@ -13,7 +14,6 @@ import hashlib
 import io
 import json
 import os
-import time
 from pathlib import Path
 from typing import Any
 
@@ -24,21 +24,19 @@ from torch.utils.data import Dataset
 
 from ..checkpoint import read_weights_only
 from ..errors import DataError
-from ..recipe import Recipe
+from ..recipe import Recipe, recipe_to_dict
 from ..seeds import sample_seed
 from .views import View, ViewAugment
 
-__all__ = ["CachedViews", "TargetCache", "fingerprint", "write_target_cache"]
+__all__ = ["CacheWriter", "CachedViews", "TargetCache", "fingerprint"]
 
 MANIFEST = b"__manifest__"
 MAP_SIZE = 1 << 40  # a sparse upper bound; LMDB grows the file as records arrive
 
 
-def fingerprint(recipe: Recipe, image_size: int, plugins) -> dict[str, Any]:
+def fingerprint(recipe: Recipe, image_size: int) -> dict[str, Any]:
     """Everything the cached tokens depend on."""
-    from ..recipe import recipe_to_dict
-
-    data = recipe_to_dict(recipe, plugins)
+    data = recipe_to_dict(recipe)
     keep = ("source", "root", "split", "limit", "crop_scale", "flip", "interpolation", "synthetic")
     return {"tokenizer": data["tokenizer"], "image_size": image_size,
             "data": {key: data["data"].get(key) for key in keep}}
@@ -62,46 +60,27 @@ def _stored(tokens: Tensor) -> Tensor:
     return tokens.to(torch.int32) if not tokens.is_floating_point() else tokens.to(torch.float16)
 
 
-def write_target_cache(recipe: Recipe, out: Path, views: int, seed: int = 0, batch_size: int = 64,
-                       source: str = "recipe", plugins=None, progress=None) -> dict[str, Any]:
-    """Run the recipe's tokenizer over ``views`` views of every image and store them in ``out``."""
-    from ..build import build_tokenizer, resolve
-    from .loader import build_dataset
+class CacheWriter:
+    """Writes a cache: one record per (image, view), then the manifest, which marks it finished."""
 
-    blueprint = resolve(recipe, source, plugins)
-    tokenizer = build_tokenizer(blueprint).freeze()
-    dataset = build_dataset(recipe.data)
-    augment = ViewAugment(recipe.data, blueprint.image.size)
-    env = lmdb.open(str(out), map_size=MAP_SIZE, subdir=True)
-    jobs = [(index, view) for index in range(len(dataset)) for view in range(views)]
-    for start in range(0, len(jobs), batch_size):
-        chunk = jobs[start:start + batch_size]
-        rendered, drawn = [], []
-        for index, view in chunk:
-            image, _ = dataset[index]
-            crop = augment.draw(image, torch.Generator().manual_seed(sample_seed(seed, view, index)))
-            drawn.append(crop)
-            rendered.append(augment.render(image, crop))
-        out_tokens = tokenizer(torch.stack(rendered))
-        with env.begin(write=True) as txn:
-            for row, ((index, view), crop) in enumerate(zip(chunk, drawn, strict=True)):
-                cls = None if out_tokens.cls is None else _stored(out_tokens.cls[row])
-                txn.put(_key(index, view), _pack(crop, _stored(out_tokens.tokens[row]), cls))
-        if progress is not None:
-            progress(start + len(chunk), len(jobs))
-    spec = blueprint.tokens
-    manifest = {
-        "format": "arvision-target-cache", "version": 1, "images": len(dataset), "views": views,
-        "seed": seed, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        "spec": {"grid": list(spec.grid), "dim": spec.dim, "discrete": spec.discrete,
-                 "cls": spec.cls},
-        "fingerprint": fingerprint(recipe, blueprint.image.size, blueprint.plugins),
-    }
-    manifest["hash"] = _digest(manifest["fingerprint"])
-    with env.begin(write=True) as txn:
-        txn.put(MANIFEST, json.dumps(manifest).encode())
-    env.close()
-    return manifest
+    def __init__(self, path: Path) -> None:
+        self.env = lmdb.open(str(path), map_size=MAP_SIZE, subdir=True)
+
+    def put(self, records: list[tuple[int, int, View, Tensor, Tensor | None]]) -> None:
+        """``(index, view, crop, tokens, cls)`` records, in one transaction."""
+        with self.env.begin(write=True) as txn:
+            for index, view, crop, tokens, cls in records:
+                cls = None if cls is None else _stored(cls)
+                txn.put(_key(index, view), _pack(crop, _stored(tokens), cls))
+
+    def finish(self, manifest: dict[str, Any]) -> dict[str, Any]:
+        """Write the manifest (with the hash of its fingerprint) and close; returns it."""
+        manifest = {"format": "arvision-target-cache", "version": 1, **manifest,
+                    "hash": _digest(manifest["fingerprint"])}
+        with self.env.begin(write=True) as txn:
+            txn.put(MANIFEST, json.dumps(manifest).encode())
+        self.env.close()
+        return manifest
 
 
 class TargetCache:
@@ -133,9 +112,9 @@ class TargetCache:
             raise DataError(f"data.targets: {self.path} has no manifest: the cache was not finished")
         return json.loads(raw)
 
-    def check(self, recipe: Recipe, image_size: int, plugins) -> None:
+    def check(self, recipe: Recipe, image_size: int) -> None:
         """Refuse a cache made by another tokenizer, student size, view setting or data set."""
-        expected = fingerprint(recipe, image_size, plugins)
+        expected = fingerprint(recipe, image_size)
         if _digest(expected) == self.manifest["hash"]:
             return
         saved = self.manifest["fingerprint"]

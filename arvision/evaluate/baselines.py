@@ -22,7 +22,6 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from ..build import build_model, resolve
-from ..plugins import Plugins
 from ..recipe import Recipe, recipe_to_dict
 from .features import LoadedEncoder, probe_dataset
 from .probes import KNN_KS, LINEAR_LRS, LINEAR_WEIGHT_DECAYS, knn_probe, linear_probe
@@ -32,14 +31,13 @@ __all__ = ["PIXEL_PROBES", "pixel_features", "random_init_encoder", "raw_pixel_p
 PIXEL_PROBES = ("linear", "knn")
 
 
-def random_init_encoder(recipe: Recipe, source: str = "recipe", plugins: Plugins | None = None
-                        ) -> LoadedEncoder:
+def random_init_encoder(recipe: Recipe, source: str = "recipe") -> LoadedEncoder:
     """The recipe's frozen encoder at the initialisation its ``train.seed`` gives."""
-    blueprint = resolve(recipe, source, plugins)
+    blueprint = resolve(recipe, source)
     with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's RNG
         torch.manual_seed(recipe.train.seed)
         model = build_model(blueprint, with_tokenizer=recipe.encoder.stem == "tokens")
-    record = recipe_to_dict(recipe, blueprint.plugins)
+    record = recipe_to_dict(recipe)
     fingerprint = f"random-init:{json.dumps(record, sort_keys=True, default=str)}"
     encoder = model.encoder.eval().requires_grad_(False)
     return LoadedEncoder(encoder, model.tokenizer, blueprint, Path(source), None, fingerprint,
@@ -67,11 +65,11 @@ def raw_pixel_probes(recipe: Recipe, probes: Sequence[str] = PIXEL_PROBES, *,
                      source: str = "recipe", knn_ks: Sequence[int] = KNN_KS,
                      linear_lrs: Sequence[float] = LINEAR_LRS,
                      linear_weight_decays: Sequence[float] = LINEAR_WEIGHT_DECAYS,
-                     temperature: float = 0.07, heldout: float = 0.1, seed: int = 0,
-                     plugins: Plugins | None = None) -> dict[str, dict[str, Any]]:
+                     temperature: float = 0.07, heldout: float = 0.1, seed: int = 0
+                     ) -> dict[str, dict[str, Any]]:
     """The linear probe and k-NN on the raw pixels of the recipe's probe data (other probes in
     ``probes`` are skipped); ``{probe: result}`` as :func:`~arvision.evaluate.run_probes` gives."""
-    size = resolve(recipe, source, plugins).image.size
+    size = resolve(recipe, source).image.size
     data = recipe.data
     started = time.perf_counter()
     train_x, train_y = pixel_features(recipe, data.split, limit, size, max_side)

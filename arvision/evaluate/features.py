@@ -25,11 +25,13 @@ from torch.utils.data import DataLoader, Dataset
 from ..build import Blueprint, build_model, resolve
 from ..checkpoint import load_checkpoint, read_weights_only, save_atomic
 from ..components import Tokenizer
-from ..data.loader import Transformed, build_dataset
+from ..data.loader import Transformed
+from ..data.sources import build_dataset
 from ..data.views import View, ViewAugment
-from ..encoder import Encoder
+from ..engine import autocast
 from ..errors import CheckpointError, RecipeError
-from ..plugins import Plugins
+from ..model import Encoder
+from ..plugins import Plugins, get_plugins
 from ..recipe import Recipe, structure_recipe
 
 __all__ = ["Extractor", "Features", "LoadedEncoder", "default_blocks", "extract_features",
@@ -90,8 +92,8 @@ def load_encoder(checkpoint: str | Path, random_init: bool = False,
     if not isinstance(state.get("recipe"), dict) or not isinstance(state.get("model"), dict):
         raise CheckpointError(f"{path}: holds no recipe and model weights (not written by "
                               "`arvision run`)")
-    recipe = structure_recipe(state["recipe"], str(path), plugins)
-    blueprint = resolve(recipe, str(path), plugins)
+    recipe = structure_recipe(state["recipe"], str(path), plugins or get_plugins())
+    blueprint = resolve(recipe, str(path))
     with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's RNG
         torch.manual_seed(recipe.train.seed)
         model = build_model(blueprint, with_tokenizer=recipe.encoder.stem == "tokens")
@@ -136,15 +138,13 @@ class Extractor:
         self.encoder = loaded.encoder.to(device)
         self.tokenizer = loaded.tokenizer.to(device) if loaded.tokenizer is not None else None
         self.blocks, self.device = tuple(blocks), device
-        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-        self.dtype = None if dtype is torch.float16 and device.type != "cuda" else dtype
+        self.precision = "fp32" if precision == "fp16" and device.type != "cuda" else precision
 
     @torch.no_grad()
     def __call__(self, images: Tensor) -> Tensor:
         images = images.to(self.device)  # (B, C, H, W) in [0, 1]
         ids = self.tokenizer(images).tokens if self.tokenizer is not None else None  # (B, h, w)
-        with torch.autocast(self.device.type, dtype=self.dtype or torch.float32,
-                            enabled=self.dtype is not None):
+        with autocast(self.device, self.precision):
             outputs = self.encoder.features(images, self.blocks, ids)  # each (B, P + T, D)
         prefix = self.encoder.num_prefix
         normed = [F.layer_norm(out[:, prefix:].float(), out.shape[-1:]) for out in outputs]

@@ -9,7 +9,6 @@ from .recipe import (
     FinetuneRecipe,
     derive_finetune_recipe,
     finetune_tables,
-    finetune_to_dict,
     is_finetune,
     load_finetune_recipe,
     structure_finetune_recipe,
@@ -19,5 +18,5 @@ from .run import FinetuneResult, build_finetuner, classifier_weights, evaluate_c
 __all__ = [
     "PAPER_FINETUNE_TRAIN", "FinetuneConfig", "FinetuneRecipe", "FinetuneResult", "build_finetuner",
     "classifier_weights", "derive_finetune_recipe", "evaluate_classifier", "finetune",
-    "finetune_tables", "finetune_to_dict", "is_finetune", "load_finetune_recipe", "structure_finetune_recipe",
+    "finetune_tables", "is_finetune", "load_finetune_recipe", "structure_finetune_recipe",
 ]

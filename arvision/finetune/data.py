@@ -24,10 +24,10 @@ from torch import Tensor
 from torch.utils.data import Dataset
 from torchvision.transforms.v2.functional import to_pil_image
 
-from ..data.sampler import sample_seed
 from ..errors import DataError
+from ..model.vit import channel_stat
 from ..recipe import DataConfig
-from ..vit import channel_stat
+from ..seeds import sample_seed
 from .recipe import FinetuneRecipe
 
 __all__ = ["MixedInputs", "SeededTransform", "count_classes", "eval_transform", "seeded",

@@ -18,11 +18,11 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 
 from ..checkpoint import load_checkpoint
-from ..convert import timm_arguments
 from ..errors import CheckpointError, RecipeError
-from ..model import ModelOutput
+from ..export import timm_arguments
+from ..model import ModelOutput, create_vit
+from ..plugins import get_plugins
 from ..recipe import structure_recipe
-from ..vit import create_vit
 from .recipe import FinetuneRecipe
 
 __all__ = ["Classifier", "check_same_encoder", "create_classifier", "load_pretrained_encoder"]
@@ -48,11 +48,12 @@ class Classifier(nn.Module):
         return ModelOutput(F.cross_entropy(logits, targets, label_smoothing=smoothing), {})
 
 
-def create_classifier(recipe: FinetuneRecipe, num_classes: int) -> VisionTransformer:
-    """The recipe's timm ViT with a ``num_classes`` head, random weights."""
+def create_classifier(recipe: FinetuneRecipe, num_classes: int, source: str) -> VisionTransformer:
+    """The recipe's timm ViT with a ``num_classes`` head, random weights; a recipe timm would
+    reject is a RecipeError naming ``source``."""
     pool = recipe.finetune.global_pool
     if pool == "token" and not recipe.encoder.class_token:  # timm asserts it
-        raise RecipeError("finetune.global_pool: 'token' pools the class token, and "
+        raise RecipeError(f"{source}: finetune.global_pool: 'token' pools the class token, and "
                           "encoder.class_token is false; set global_pool = 'avg' or "
                           "encoder.class_token = true")
     arguments = {**timm_arguments(recipe), "num_classes": num_classes, "global_pool": pool,
@@ -61,7 +62,7 @@ def create_classifier(recipe: FinetuneRecipe, num_classes: int) -> VisionTransfo
     try:
         return create_vit(recipe.encoder.name, "encoder.name", **arguments)
     except ValueError as exc:
-        raise RecipeError(str(exc)) from None
+        raise RecipeError(f"{source}: {exc}") from None
 
 
 def _encoder_state(path: Path, state: dict[str, Any], weights: str) -> dict[str, Tensor]:
@@ -91,8 +92,8 @@ def check_same_encoder(recipe: FinetuneRecipe, pretrain_recipe: Any, path: Path,
                           f"({saved!r})")
 
 
-def load_pretrained_encoder(vit: VisionTransformer, recipe: FinetuneRecipe, source: str,
-                            plugins=None) -> dict[str, Any]:
+def load_pretrained_encoder(vit: VisionTransformer, recipe: FinetuneRecipe, source: str
+                            ) -> dict[str, Any]:
     """Load ``finetune.checkpoint``'s encoder into ``vit`` (head and fc_norm stay new).
 
     The checkpoint's recipe must describe the same encoder (a one-line RecipeError names the first
@@ -105,7 +106,7 @@ def load_pretrained_encoder(vit: VisionTransformer, recipe: FinetuneRecipe, sour
     if state.get("kind", "pretrain") != "pretrain" or not isinstance(state.get("recipe"), dict):
         raise CheckpointError(f"{path}: not a pretraining checkpoint (fine-tune the checkpoint of "
                               "an `arvision run` pretraining)")
-    pretrain_recipe = structure_recipe(state["recipe"], f"{path} (its recipe)", plugins)
+    pretrain_recipe = structure_recipe(state["recipe"], f"{path} (its recipe)", get_plugins())
     check_same_encoder(recipe, pretrain_recipe, path, source)
     weights = _encoder_state(path, state, recipe.finetune.weights)
     if vit.global_pool == "avg":

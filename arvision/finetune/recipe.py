@@ -6,13 +6,14 @@ engine as pretraining (AdamW, warmup + cosine, accumulation, EMA, bf16, resume, 
 """
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import attrs
 
 from ..checkpoint import load_checkpoint
-from ..config import check, make_converter, setting
+from ..config import make_converter, non_negative, positive, probability, setting, unit_interval
 from ..errors import CheckpointError, RecipeError
+from ..plugins import get_plugins
 from ..recipe import (
     DataConfig,
     EncoderConfig,
@@ -21,8 +22,6 @@ from ..recipe import (
     TrainConfig,
     apply_override,
     drop_none,
-    non_negative,
-    positive,
     read_recipe_data,
     read_toml,
     structure_config,
@@ -30,11 +29,8 @@ from ..recipe import (
 )
 
 __all__ = ["PAPER_FINETUNE_TRAIN", "FinetuneConfig", "FinetuneRecipe", "derive_finetune_recipe",
-           "finetune_tables", "finetune_to_dict", "is_finetune", "load_finetune_recipe",
+           "finetune_tables", "is_finetune", "load_finetune_recipe",
            "structure_finetune_recipe"]
-
-probability = check(lambda v: 0 <= v <= 1, "a number in [0, 1]")
-
 
 @attrs.frozen
 class FinetuneConfig:
@@ -53,8 +49,7 @@ class FinetuneConfig:
         "token after the final norm")
     layer_decay: float | None = setting(
         0.65, "layer-wise lr decay: block i of L trains at lr x decay^(L + 1 - i), the head at lr "
-        "(timm param_groups_layer_decay); unset: one lr for all", validator=check(
-            lambda v: 0 < v <= 1, "a number in (0, 1]"))
+        "(timm param_groups_layer_decay); unset: one lr for all", validator=unit_interval)
     mixup: float = setting(0.8, "mixup alpha (0: off)", validator=non_negative)
     cutmix: float = setting(1.0, "cutmix alpha (0: off)", validator=non_negative)
     mix_prob: float = setting(1.0, "probability that a batch is mixed", validator=probability)
@@ -67,8 +62,7 @@ class FinetuneConfig:
     reprob: float = setting(0.25, "random erasing probability (per image, after normalisation)",
                             validator=probability)
     eval_crop: float = setting(0.875, "evaluation: resize to img_size / eval_crop, then centre "
-                               "crop img_size (1.0: plain resize)", validator=check(
-                                   lambda v: 0 < v <= 1, "a number in (0, 1]"))
+                               "crop img_size (1.0: plain resize)", validator=unit_interval)
     eval_limit: int | None = setting(None, "score on the first N eval images (default: all)",
                                      validator=positive)
     eval_batch_size: int = setting(256, "images per forward when scoring", validator=positive)
@@ -78,6 +72,7 @@ class FinetuneConfig:
 class FinetuneRecipe:
     """A fine-tuning run: the encoder as a classifier on the data's labels."""
 
+    KIND: ClassVar[str] = "finetune"
     finetune: FinetuneConfig = attrs.Factory(FinetuneConfig)
     encoder: EncoderConfig = attrs.Factory(EncoderConfig)
     data: DataConfig = attrs.Factory(DataConfig)
@@ -108,11 +103,6 @@ def structure_finetune_recipe(data: dict[str, Any], source: str) -> FinetuneReci
 
 def load_finetune_recipe(path: str | Path, overrides: list[str] = ()) -> FinetuneRecipe:
     return structure_finetune_recipe(read_recipe_data(path, overrides), str(path))
-
-
-def finetune_to_dict(recipe: FinetuneRecipe) -> dict[str, Any]:
-    """The recipe as plain TOML-able data (unset optional keys omitted)."""
-    return drop_none(make_converter().unstructure(recipe))
 
 
 def derive_finetune_recipe(checkpoint: Path, pretrain: Recipe) -> dict[str, Any]:
@@ -148,7 +138,8 @@ def finetune_tables(checkpoint: Path, recipe_path: Path | None = None,
         if state.get("kind", "pretrain") != "pretrain" or not isinstance(state.get("recipe"), dict):
             raise CheckpointError(f"{checkpoint}: not a pretraining checkpoint written by "
                                   "`arvision run`")
-        data = derive_finetune_recipe(checkpoint, structure_recipe(state["recipe"], str(checkpoint)))
+        data = derive_finetune_recipe(checkpoint, structure_recipe(state["recipe"], str(checkpoint),
+                                                                   get_plugins()))
     data.setdefault("finetune", {})["checkpoint"] = str(checkpoint)
     for assignment in overrides:
         apply_override(data, assignment)

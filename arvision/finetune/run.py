@@ -20,26 +20,16 @@ from torch.utils.data import DataLoader, Subset
 from torchvision.transforms.v2.functional import to_pil_image
 
 from ..checkpoint import load_checkpoint, save_atomic
-from ..convert import timm_arguments
-from ..data.loader import Transformed, build_dataset, keyed_batches
-from ..distributed import setup
+from ..data.loader import Transformed, keyed_batches
+from ..data.sources import build_dataset
+from ..engine import Trainer, TrainResult, assemble_trainer, autocast, fit, start_run
 from ..errors import RecipeError
 from ..evaluate.probes import topk_accuracy
 from ..evaluate.runner import write_results
-from ..plugins import Plugins
-from ..train import (
-    Job,
-    Trainer,
-    TrainResult,
-    assemble_trainer,
-    configure_backends,
-    fit,
-    micro_batching,
-    seed_everything,
-)
+from ..export import timm_arguments
 from .data import MixedInputs, SeededTransform, count_classes, eval_transform, train_transform
 from .model import Classifier, create_classifier, load_pretrained_encoder
-from .recipe import FinetuneRecipe, finetune_to_dict
+from .recipe import FinetuneRecipe
 
 __all__ = ["FinetuneResult", "build_finetuner", "classifier_weights", "evaluate_classifier",
            "finetune"]
@@ -67,33 +57,28 @@ def _image_geometry(vit: nn.Module) -> tuple[int, int]:
     return vit.patch_embed.img_size[0], vit.patch_embed.proj.in_channels
 
 
-def build_finetuner(recipe: FinetuneRecipe, out_dir: Path, source: str,
-                    plugins: Plugins | None = None) -> tuple[Trainer, dict[str, Any] | None]:
+def build_finetuner(recipe: FinetuneRecipe, out_dir: Path, source: str = "recipe"
+                    ) -> tuple[Trainer, dict[str, Any] | None]:
     """The fine-tuning Trainer, and what its encoder was loaded from (None: from scratch)."""
-    config, tune = recipe.train, recipe.finetune
-    ranks, device = setup(config.device)
-    configure_backends(config, device)
-    seed_everything(config.seed)
-    micro, accumulation = micro_batching(config, ranks.world, source)
-    if (tune.mixup > 0 or tune.cutmix > 0) and micro % 2:
+    tune = recipe.finetune
+    start = start_run(recipe, source)
+    if (tune.mixup > 0 or tune.cutmix > 0) and start.micro_batch % 2:
         raise RecipeError(f"{source}: train.batch_size: mixup and cutmix mix pairs of images; "
-                          f"expected an even number per forward, got {micro}")
+                          f"expected an even number per forward, got {start.micro_batch}")
     dataset = build_dataset(recipe.data)
     classes = tune.num_classes or count_classes(dataset, recipe.data, source)
-    vit = create_classifier(recipe, classes)
-    start = load_pretrained_encoder(vit, recipe, source, plugins) if tune.checkpoint else None
-    vit.set_grad_checkpointing(config.activation_checkpointing)
-    model = Classifier(vit, tune.label_smoothing).to(device)
+    vit = create_classifier(recipe, classes, source)
+    loaded = load_pretrained_encoder(vit, recipe, source) if tune.checkpoint else None
+    vit.set_grad_checkpointing(recipe.train.activation_checkpointing)
+    model = Classifier(vit, tune.label_smoothing).to(start.device)
     size, channels = _image_geometry(vit)
-    items = SeededTransform(dataset, train_transform(recipe, size, channels), config.seed)
-    batches = keyed_batches(items, recipe.data, micro, config.seed, ranks.rank, ranks.world)
-    job = Job(config, finetune_to_dict(recipe), source, kind="finetune")
+    items = SeededTransform(dataset, train_transform(recipe, size, channels), recipe.train.seed)
+    batches = keyed_batches(items, recipe.data, start.micro_batch, recipe.train.seed,
+                            start.ranks.rank, start.ranks.world)
     groups = functools.partial(layer_decay_groups, layer_decay=tune.layer_decay)
-    trainer = assemble_trainer(job, out_dir, ranks, device, model, batches,
-                               MixedInputs(recipe, classes), ema_source=model,
-                               shard_units=vit.blocks, accumulation=accumulation,
-                               micro_batch=micro, param_groups=groups)
-    return trainer, start
+    trainer = assemble_trainer(start, out_dir, model, batches, MixedInputs(recipe, classes),
+                               ema_source=model, shard_units=vit.blocks, param_groups=groups)
+    return trainer, loaded
 
 
 def classifier_weights(state: dict[str, Any], ema: bool = False) -> dict[str, torch.Tensor]:
@@ -108,7 +93,7 @@ def evaluate_classifier(recipe: FinetuneRecipe, weights: dict[str, torch.Tensor]
     """Top-1 / top-5 (percent) of a classifier on ``data.eval_split`` with the eval transform."""
     tune = recipe.finetune
     classes = weights["head.weight"].shape[0]
-    vit = create_classifier(recipe, classes)
+    vit = create_classifier(recipe, classes, "recipe")
     vit.load_state_dict(weights, strict=True)
     vit = vit.to(device).eval()
     size, channels = _image_geometry(vit)
@@ -118,22 +103,20 @@ def evaluate_classifier(recipe: FinetuneRecipe, weights: dict[str, torch.Tensor]
     transform = eval_transform(recipe, size, channels)
     loader = DataLoader(Transformed(dataset, lambda image: transform(to_pil_image(image))),
                         batch_size=tune.eval_batch_size, num_workers=recipe.data.num_workers)
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(recipe.train.precision)
     logits, labels = [], []
     for images, targets in loader:
-        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+        with autocast(device, recipe.train.precision):
             logits.append(vit(images.to(device)).float().cpu())
         labels.append(torch.as_tensor(targets))
     scores = topk_accuracy(torch.cat(logits), torch.cat(labels), classes)
     return {**scores, "eval_split": recipe.data.eval_split, "eval_images": len(dataset)}
 
 
-def finetune(recipe: FinetuneRecipe, out_dir: Path, source: str = "recipe",
-             plugins: Plugins | None = None) -> FinetuneResult:
+def finetune(recipe: FinetuneRecipe, out_dir: Path, source: str = "recipe") -> FinetuneResult:
     """Fine-tune as the recipe says (resuming from ``out_dir``'s newest checkpoint), then score the
     final weights and their EMA, merge the scores into ``OUT/eval.json`` under ``finetune`` and
     write ``OUT/classifier_timm.pt``."""
-    trainer, start = build_finetuner(recipe, out_dir, source, plugins)
+    trainer, start = build_finetuner(recipe, out_dir, source)
     result = fit(trainer)
     if not result.main:
         return FinetuneResult(result, None)

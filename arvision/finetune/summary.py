@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from ..data.loader import build_dataset
+from ..data.sources import build_dataset
 from .data import count_classes
 from .model import create_classifier
 from .recipe import FinetuneRecipe
@@ -18,7 +18,7 @@ def summarize_finetune(recipe: FinetuneRecipe, source: str) -> dict[str, Any]:
     tune, train = recipe.finetune, recipe.train
     classes = tune.num_classes or count_classes(build_dataset(recipe.data), recipe.data, source)
     with torch.device("meta"):
-        vit = create_classifier(recipe, classes)
+        vit = create_classifier(recipe, classes, source)
     depth = len(vit.blocks)
     checkpoint = tune.checkpoint
     if checkpoint is None:

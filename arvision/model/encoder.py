@@ -8,10 +8,10 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from .components import EncoderOutput
-from .plan import Plan
-from .recipe import EncoderConfig
-from .vit import channel_stat, create_vit
+from ..components import EncoderOutput
+from ..plan import Plan
+from ..recipe.schema import EncoderConfig
+from .vit import channel_stat, create_vit, shape_overrides
 
 __all__ = ["Encoder", "create_encoder_vit", "default_taps"]
 
@@ -23,11 +23,12 @@ def default_taps(depth: int) -> tuple[int, ...]:
 
 def create_encoder_vit(config: EncoderConfig, img_size: int | None, patch_size: int | None,
                        in_chans: int) -> VisionTransformer:
-    """The timm model named by the recipe, headless, with the recipe's overrides."""
-    return create_vit(config.name, "encoder.name", num_classes=0, global_pool="", img_size=img_size,
-                      patch_size=patch_size, embed_dim=config.embed_dim, depth=config.depth,
-                      num_heads=config.num_heads, in_chans=in_chans, class_token=config.class_token,
-                      drop_path_rate=config.drop_path)
+    """The timm model named by the recipe, headless, with the recipe's overrides (``img_size``,
+    ``patch_size`` and ``in_chans`` as resolved from the data and the tokenizer)."""
+    shape = {**shape_overrides(config), "img_size": img_size, "patch_size": patch_size,
+             "in_chans": in_chans}
+    return create_vit(config.name, "encoder.name", num_classes=0, global_pool="",
+                      drop_path_rate=config.drop_path, **shape)
 
 
 class Encoder(nn.Module):
@@ -38,11 +39,11 @@ class Encoder(nn.Module):
     """
 
     def __init__(self, config: EncoderConfig, img_size: int, patch_size: int | None,
-                 in_chans: int, vocab_size: int | None = None) -> None:
+                 in_chans: int, taps: Sequence[int], vocab_size: int | None = None) -> None:
         super().__init__()
         self.vit = create_encoder_vit(config, img_size, patch_size, in_chans)
         self.grid: tuple[int, int] = tuple(self.vit.patch_embed.grid_size)
-        self.taps = config.taps or default_taps(len(self.vit.blocks))
+        self.taps = tuple(taps)  # 1-based blocks whose outputs the decoders read
         self.num_prefix = 1 if self.vit.cls_token is not None else 0
         self.token_embed = None
         self.grad_checkpointing = False  # recompute blocks in backward (train.activation_checkpointing)
@@ -52,8 +53,10 @@ class Encoder(nn.Module):
             self.vit.patch_embed.proj = nn.Identity()  # pixels are never embedded
         if config.pos_embed == "sincos":
             self._fix_sincos_positions()
-        self.register_buffer("mean", channel_stat(config.mean, in_chans), persistent=False)
-        self.register_buffer("std", channel_stat(config.std, in_chans), persistent=False)
+        self.register_buffer("mean", channel_stat(config.mean, in_chans, "encoder.mean"),
+                             persistent=False)
+        self.register_buffer("std", channel_stat(config.std, in_chans, "encoder.std"),
+                             persistent=False)
 
     def _fix_sincos_positions(self) -> None:
         """Fixed 2-D sin-cos positions (zero for CLS), excluded from training."""

@@ -1,4 +1,4 @@
-"""Bad images: skipped and counted, or fatal by config, without breaking batches or exact resume.
+"""Unreadable images: skipped and counted, or fatal by config, with full batches and exact resume.
 
 A map-style dataset cannot drop an index (the sampler already chose it, and a short batch would
 shift every later one), so :class:`SkipBad` answers a bad item ``i`` with the next readable one,
@@ -28,7 +28,7 @@ class BadImageError(DataError):
 
     def __init__(self, message: str) -> None:
         if message.startswith("Caught ") and "Original Traceback" in message:
-            last = message.rstrip().splitlines()[-1]  # "arvision.data.bad.BadImageError: <message>"
+            last = message.rstrip().splitlines()[-1]  # "arvision.data.unreadable.BadImageError: <message>"
             message = last.split(": ", 1)[-1]
         super().__init__(message)
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from ..cli.options import Overrides
+from .options import Overrides
 
 __all__ = ["Launcher", "ablate"]
 
@@ -46,8 +46,8 @@ def ablate(
     """
     from rich.console import Console  # heavy imports (torch) only when the command runs
 
-    from .plan import make_plan
-    from .spec import load_ablation
+    from ..ablate.plan import make_plan
+    from ..ablate.spec import load_ablation
 
     ablation = load_ablation(file, overrides)
     config = ablation.config.launcher
@@ -61,20 +61,20 @@ def ablate(
     plan = make_plan(ablation, out, threads, world)
     console = Console(stderr=True)
     if dry_run:
-        from .estimate import dry_run as show
+        from ..ablate.estimate import dry_run as show
 
         show(plan, jobs, _stdout())
         return
-    from .driver import run_ablation
-    from .report import print_summary
+    from ..ablate.driver import run_ablation
+    from ..ablate.report import print_summary
 
     if slurm:
-        from .launchers import SubmititLauncher
+        from ..ablate.launchers import SubmititLauncher
 
         runner = SubmititLauncher(config, out / "submitit", threads)
         poll = config.poll_s if config.cluster == "slurm" else 1.0
     else:
-        from .launchers import LocalLauncher
+        from ..ablate.launchers import LocalLauncher
 
         runner, poll = LocalLauncher(), 0.5
     report_dir = report or out

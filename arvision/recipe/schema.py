@@ -1,49 +1,21 @@
-"""Recipes: TOML files read into frozen attrs classes.
+"""The recipe schema: frozen attrs classes, one per table of a recipe.
 
-``[encoder]``, ``[data]``, ``[train]`` and ``[run]`` are arvision's own tables. ``[tokenizer]``,
-``[ordering]``, ``[target]`` and each ``[[decoders]]`` entry name a registered component; the
-rest of such a table is validated by that component's own config class.
+``[encoder]``, ``[data]``, ``[train]``, ``[run]`` and ``[eval]`` are arvision's own tables.
+``[tokenizer]``, ``[ordering]``, ``[target]`` and each ``[[decoders]]`` entry name a registered
+component; the rest of such a table is validated by that component's own config class, and the
+table carries the component's registration (looked up once, when the recipe is read).
 """
 
-import functools
-import tomllib
-from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import attrs
-import cattrs
-import tomli_w
 
-from .config import TRANSPARENT, FieldError, check, error_lines, make_converter, setting
-from .errors import RecipeError
-from .plugins import Plugins, get_plugins
-from .registry import UnknownComponentError
+from ..config import FieldError, check, model_override, non_negative, positive, setting
+from ..registry import Registration
 
-__all__ = [
-    "ComponentTable",
-    "DataConfig",
-    "DecoderTable",
-    "EncoderConfig",
-    "EvalConfig",
-    "OrderingTable",
-    "Recipe",
-    "RunConfig",
-    "SyntheticConfig",
-    "TargetTable",
-    "TokenizerTable",
-    "TrainConfig",
-    "drop_none",
-    "load_recipe",
-    "read_recipe_data",
-    "recipe_to_dict",
-    "save_recipe",
-    "structure_config",
-    "structure_recipe",
-]
-
-positive = check(lambda v: v > 0, "a number > 0")
-non_negative = check(lambda v: v >= 0, "a number >= 0")
-
+__all__ = ["ComponentTable", "DataConfig", "DecoderTable", "EncoderConfig", "EvalConfig",
+           "OrderingTable", "Recipe", "RunConfig", "SyntheticConfig", "TargetTable",
+           "TokenizerTable", "TrainConfig"]
 
 @attrs.frozen
 class EncoderConfig:
@@ -52,11 +24,10 @@ class EncoderConfig:
     name: str = setting("vit_tiny_patch16_224", "timm model name of a VisionTransformer")
     img_size: int | None = setting(None, "input size in pixels (default: the data's image size)",
                                    validator=positive)
-    patch_size: int | None = setting(None, "patch size (default: the model's)", validator=positive)
-    embed_dim: int | None = setting(None, "token width (default: the model's)", validator=positive)
-    depth: int | None = setting(None, "number of blocks (default: the model's)", validator=positive)
-    num_heads: int | None = setting(None, "attention heads (default: the model's)",
-                                    validator=positive)
+    patch_size: int | None = model_override("patch size")
+    embed_dim: int | None = model_override("token width")
+    depth: int | None = model_override("number of blocks")
+    num_heads: int | None = model_override("attention heads")
     in_chans: int | None = setting(None, "image channels (default: the data's)", validator=positive)
     stem: Literal["patch", "tokens"] = setting(
         "patch", "'patch': patch embedding of pixels; 'tokens': embedding of the tokenizer's ids "
@@ -185,11 +156,19 @@ class RunConfig:
 
 @attrs.frozen
 class ComponentTable:
-    """A recipe table that names a registered component; ``config`` is that component's config."""
+    """A recipe table that names a registered component: ``config`` is an instance of the
+    component's config class, ``registration`` what its plugin registered (factory and class)."""
 
     KIND: ClassVar[str] = ""
     name: str
     config: Any
+    registration: Registration = attrs.field(kw_only=True, eq=False, repr=False)
+
+    @classmethod
+    def shared_keys(cls) -> tuple[str, ...]:
+        """The table's keys beside ``name`` that every component of the kind takes."""
+        return tuple(f.name for f in attrs.fields(cls)
+                     if f.name not in ("name", "config", "registration"))
 
 
 @attrs.frozen
@@ -237,6 +216,7 @@ def _distinct_keys(_instance: Any, _attribute: attrs.Attribute, decoders: tuple)
 class Recipe:
     """A full pretraining run."""
 
+    KIND: ClassVar[str] = "pretrain"  # what its checkpoints are (a run resumes only its own kind)
     tokenizer: TokenizerTable
     target: TargetTable
     decoders: tuple[DecoderTable, ...] = attrs.field(validator=_distinct_keys)
@@ -246,163 +226,3 @@ class Recipe:
     train: TrainConfig = attrs.Factory(TrainConfig)
     run: RunConfig = attrs.Factory(RunConfig)
     eval: EvalConfig | None = None
-
-
-@functools.cache
-def _table_shape(cls: type[ComponentTable], config: type) -> type:
-    """The table's shared keys plus ``config``, so one pass reports errors in both."""
-    shared = {f.name: attrs.field(type=f.type, default=f.default, validator=f.validator)
-              for f in attrs.fields(cls) if f.name not in ("name", "config")}
-    return attrs.make_class(cls.__name__, {**shared, TRANSPARENT: attrs.field(type=config)},
-                            kw_only=True)
-
-
-def _component_hook(converter: cattrs.Converter, plugins: Plugins):
-    def structure(data: Any, cls: type[ComponentTable]) -> ComponentTable:
-        if not isinstance(data, dict):
-            raise TypeError(f"expected a table with a 'name' key, got {data!r}")
-        if "name" not in data:
-            raise FieldError("name", f"required key is missing (known {cls.KIND}s: "
-                             f"{', '.join(sorted(plugins.registry(cls.KIND).entries))})")
-        name = data["name"]
-        if not isinstance(name, str):
-            raise FieldError("name", f"expected str, got {name!r}")
-        try:
-            registration = plugins.get(cls.KIND, name)
-        except UnknownComponentError as exc:
-            raise FieldError("name", str(exc)) from None
-        own = {f.name for f in attrs.fields(cls)} - {"name", "config"}
-        common = {key: data[key] for key in own if key in data}
-        options = {key: value for key, value in data.items() if key not in own | {"name"}}
-        shape = _table_shape(cls, registration.config)
-        values = attrs.asdict(converter.structure({**common, TRANSPARENT: options}, shape),
-                              recurse=False)
-        return cls(name=name, config=values.pop(TRANSPARENT), **values)
-
-    return structure
-
-
-def _unstructure_component(converter: cattrs.Converter):
-    def unstructure(table: ComponentTable) -> dict[str, Any]:
-        data = {"name": table.name}
-        for field in attrs.fields(type(table)):
-            if field.name not in ("name", "config"):
-                data[field.name] = converter.unstructure(getattr(table, field.name))
-        return {**data, **converter.unstructure(table.config)}
-
-    return unstructure
-
-
-def recipe_converter(plugins: Plugins) -> cattrs.Converter:
-    converter = make_converter()
-    converter.register_structure_hook_func(
-        lambda tp: isinstance(tp, type) and issubclass(tp, ComponentTable),
-        _component_hook(converter, plugins),
-    )
-    converter.register_unstructure_hook_func(
-        lambda tp: isinstance(tp, type) and issubclass(tp, ComponentTable),
-        _unstructure_component(converter),
-    )
-    return converter
-
-
-def _parse_value(text: str) -> Any:
-    try:
-        return tomllib.loads(f"value = {text}")["value"]
-    except tomllib.TOMLDecodeError:
-        return text  # a bare word (``tokenizer.name=clip``) is a string
-
-
-def apply_override(data: dict[str, Any], assignment: str) -> None:
-    """Apply one ``--set dotted.key=value`` (value in TOML syntax; list items by index)."""
-    key, sep, text = assignment.partition("=")
-    parts = [part.strip() for part in key.strip().split(".")]
-    if not sep or not all(parts):
-        raise RecipeError(f"--set {assignment!r}: expected KEY.PATH=VALUE")
-    node: Any = data
-    for depth, part in enumerate(parts[:-1]):
-        node = _step(node, part, parts[: depth + 1], assignment)
-    last = parts[-1]
-    if isinstance(node, list):
-        node[_index(node, last, parts, assignment)] = _parse_value(text.strip())
-    else:
-        node[last] = _parse_value(text.strip())
-
-
-def _index(node: list, part: str, parts: list[str], assignment: str) -> int:
-    if not part.isdigit() or int(part) >= len(node):
-        raise RecipeError(f"--set {assignment!r}: {'.'.join(parts)}: expected an index below "
-                          f"{len(node)}")
-    return int(part)
-
-
-def _step(node: Any, part: str, parts: list[str], assignment: str) -> Any:
-    if isinstance(node, list):
-        return node[_index(node, part, parts, assignment)]
-    child = node.setdefault(part, {})
-    if not isinstance(child, dict | list):
-        raise RecipeError(f"--set {assignment!r}: {'.'.join(parts)} is a value, not a table")
-    return child
-
-
-def read_toml(path: Path) -> dict[str, Any]:
-    try:
-        with path.open("rb") as file:
-            return tomllib.load(file)
-    except FileNotFoundError:
-        raise RecipeError(f"{path}: recipe file not found") from None
-    except IsADirectoryError:
-        raise RecipeError(f"{path}: expected a recipe file, found a directory") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise RecipeError(f"{path}: invalid TOML: {exc}") from None
-    except UnicodeDecodeError:
-        raise RecipeError(f"{path}: invalid TOML: not UTF-8 text") from None
-
-
-def structure_config(converter: cattrs.Converter, data: dict[str, Any], cls: type, source: str):
-    """``data`` as a ``cls``; every problem in one RecipeError line naming ``source`` and keys."""
-    try:
-        return converter.structure(data, cls)
-    except (cattrs.BaseValidationError, FieldError, ValueError, TypeError) as exc:
-        lines = error_lines(exc)
-        text = "; ".join(f"{key}: {message}" for key, message in lines)
-        raise RecipeError(f"{source}: {text}") from None
-
-
-def structure_recipe(data: dict[str, Any], source: str, plugins: Plugins | None = None) -> Recipe:
-    return structure_config(recipe_converter(plugins or get_plugins()), data, Recipe, source)
-
-
-def read_recipe_data(path: str | Path, overrides: list[str] = ()) -> dict[str, Any]:
-    """A recipe file's tables with the ``--set`` overrides applied (not yet validated)."""
-    path = Path(path)
-    data = read_toml(path)
-    for assignment in overrides:
-        try:
-            apply_override(data, assignment)
-        except RecipeError as exc:
-            raise RecipeError(f"{path}: {exc}") from None
-    return data
-
-
-def load_recipe(path: str | Path, overrides: list[str] = (), plugins: Plugins | None = None
-                ) -> Recipe:
-    """Read, override (``--set``) and validate a recipe; errors are one-line RecipeErrors."""
-    return structure_recipe(read_recipe_data(path, overrides), str(path), plugins)
-
-
-def drop_none(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {key: drop_none(item) for key, item in value.items() if item is not None}
-    if isinstance(value, list | tuple):
-        return [drop_none(item) for item in value]
-    return value
-
-
-def recipe_to_dict(recipe: Recipe, plugins: Plugins | None = None) -> dict[str, Any]:
-    """The recipe as plain TOML-able data (unset optional keys omitted)."""
-    return drop_none(recipe_converter(plugins or get_plugins()).unstructure(recipe))
-
-
-def save_recipe(recipe: Recipe, path: Path, plugins: Plugins | None = None) -> None:
-    path.write_text(tomli_w.dumps(recipe_to_dict(recipe, plugins)))

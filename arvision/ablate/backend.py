@@ -28,6 +28,8 @@ from ..evaluate import (
     raw_pixel_probes,
     run_probes,
 )
+from ..plugins import get_plugins
+from ..pretrain import train
 from ..recipe import (
     Recipe,
     apply_override,
@@ -37,7 +39,6 @@ from ..recipe import (
     structure_recipe,
 )
 from ..summary import summarize
-from ..train import train
 
 __all__ = ["KNN_KS", "LINEAR_LRS", "LINEAR_WEIGHT_DECAYS", "PROBES", "Recipe", "apply_override",
            "canonical", "describe", "evaluate_baselines", "evaluate_checkpoint", "pretrain",
@@ -49,7 +50,7 @@ read_base = read_recipe_data  # a recipe file's tables, ``--set`` overrides appl
 
 def validate(data: dict[str, Any], source: str) -> Recipe:
     """The recipe tables as a Recipe, or one RecipeError line naming ``source`` and the key."""
-    return structure_recipe(data, source)
+    return structure_recipe(data, source, get_plugins())
 
 
 def canonical(recipe: Recipe) -> dict[str, Any]:

@@ -9,10 +9,19 @@ import torch
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor
 
-__all__ = ["channel_stat", "check_vit_shape", "create_vit", "vit_defaults"]
+__all__ = ["SHAPE_OVERRIDES", "channel_stat", "check_vit_shape", "create_vit", "shape_overrides",
+           "vit_defaults"]
 
 #: The overrides whose combinations timm rejects (or builds into a model with no tokens).
 SHAPE_KEYS = ("img_size", "patch_size", "embed_dim", "num_heads")
+#: The ViT settings a recipe table may override (``[encoder]``, a ``timm`` teacher).
+SHAPE_OVERRIDES = ("img_size", "patch_size", "embed_dim", "depth", "num_heads", "in_chans",
+                   "class_token")
+
+
+def shape_overrides(table: Any) -> dict[str, Any]:
+    """The :data:`SHAPE_OVERRIDES` of a recipe table (None: the model's default)."""
+    return {key: getattr(table, key) for key in SHAPE_OVERRIDES}
 
 
 def create_vit(name: str, key: str, registers: bool = False, **kwargs: Any) -> VisionTransformer:
@@ -81,6 +90,10 @@ def _create(name: str, key: str, **kwargs: Any) -> torch.nn.Module:
         raise ValueError(f"{key}: unknown timm model {name!r}{hint}") from None
 
 
-def channel_stat(values: tuple[float, ...], channels: int) -> Tensor:
-    """Normalisation statistics, one value or one per channel -> (1, C, 1, 1)."""
+def channel_stat(values: tuple[float, ...], channels: int, key: str = "values") -> Tensor:
+    """Normalisation statistics, one value or one per channel -> (1, C, 1, 1); another count is a
+    ValueError naming the recipe ``key``."""
+    if len(values) not in (1, channels):
+        raise ValueError(f"{key}: expected 1 or {channels} values (one per channel), got "
+                         f"{len(values)}")
     return torch.tensor(values, dtype=torch.float32).expand(channels).reshape(1, channels, 1, 1).clone()

@@ -12,19 +12,26 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .components import Decoder, Ordering, Prediction, Target, Tokenizer, Tokens, TokenSpec
+from ..components import Decoder, Ordering, Prediction, Target, Tokenizer, Tokens, TokenSpec
+from ..plan import Plan
+from ..seeds import PLAN_STREAM, stream_seed
 from .encoder import Encoder
-from .plan import Plan
-from .recipe import DecoderTable
-from .seeds import PLAN_STREAM, stream_seed
 
-__all__ = ["ARModel", "ModelOutput", "resample_segments"]
+__all__ = ["ARModel", "DecoderRole", "ModelOutput", "resample_segments"]
 
 
 @attrs.frozen
 class ModelOutput:
     loss: Tensor  # scalar: the weighted sum
     parts: dict[str, Tensor]  # each decoder's loss by its key
+
+
+@attrs.frozen
+class DecoderRole:
+    """What one decoder's predictions are scored against, and how much its loss counts."""
+
+    predicts: str  # "next": segments 2..S; "visible": segments 1..S-1
+    weight: float
 
 
 def resample_segments(pred: Tensor, cell: tuple[int, int], target_cell: tuple[int, int]) -> Tensor:
@@ -41,7 +48,7 @@ class ARModel(nn.Module):
     """One training step's computation. The tokenizer is frozen and left out of ``state_dict``."""
 
     def __init__(self, tokenizer: Tokenizer | None, tokens: TokenSpec, ordering: Ordering,
-                 encoder: Encoder, decoders: dict[str, tuple[DecoderTable, Decoder]],
+                 encoder: Encoder, decoders: dict[str, tuple[DecoderRole, Decoder]],
                  target: Target) -> None:
         super().__init__()
         # Without a tokenizer (``arvision check``, cached targets) forward needs ``tokens``.
@@ -50,7 +57,7 @@ class ARModel(nn.Module):
         self.ordering = ordering
         self.encoder = encoder
         self.decoders = nn.ModuleDict({key: decoder for key, (_, decoder) in decoders.items()})
-        self.tables = {key: table for key, (table, _) in decoders.items()}
+        self.roles = {key: role for key, (role, _) in decoders.items()}
         self.target = target
         # The tokenizer is rebuilt from the recipe: checkpoints hold the student only.
         self._register_state_dict_hook(_drop_tokenizer)
@@ -78,9 +85,9 @@ class ARModel(nn.Module):
         plan = self.plan(images.shape[0], order, seeds, generator)
         ids = tokens.tokens if self.encoder.token_embed is not None else None
         memory = self.encoder(images, plan, ids)
-        parts = {key: self.score(decoder(memory, plan), tokens, plan, self.tables[key].predicts)
+        parts = {key: self.score(decoder(memory, plan), tokens, plan, self.roles[key].predicts)
                  for key, decoder in self.decoders.items()}
-        loss = sum(self.tables[key].weight * part for key, part in parts.items())
+        loss = sum(self.roles[key].weight * part for key, part in parts.items())
         return ModelOutput(loss, parts)
 
     def score(self, prediction: Prediction, tokens: Tokens, plan: Plan, predicts: str) -> Tensor:
