@@ -40,7 +40,7 @@ class DivergedError(ArvisionError):
 class Trainer:
     """The state of a run and the step that advances it."""
 
-    recipe: Any  # a Recipe or FinetuneRecipe: its ``train`` table drives the run, its KIND names it
+    recipe: Any  # a Recipe, FinetuneRecipe, ...: its ``train`` table drives the run, its KIND names it
     source: str  # where the recipe came from, for error messages
     out_dir: Path
     ranks: Ranks
@@ -66,14 +66,15 @@ class Trainer:
 
     @property
     def kind(self) -> str:
-        """'pretrain' or 'finetune': a checkpoint resumes only a run of its own kind."""
+        """'pretrain', 'finetune', ... (the recipe's KIND): a checkpoint resumes only a run of its
+        own kind."""
         return self.recipe.KIND
 
     # -- one optimiser step ------------------------------------------------------------------
 
     def train_step(self) -> dict[str, float]:
         config, started = self.config, time.perf_counter()
-        loss_sum, parts_sum, waited = 0.0, {}, 0.0
+        loss_sum, parts_sum, extra_sum, waited = 0.0, {}, {}, 0.0
         self.optimizer.zero_grad(set_to_none=True)
         for index in range(self.accumulation):
             tick = time.perf_counter()
@@ -88,11 +89,14 @@ class Trainer:
             loss_sum += output.loss.item() / self.accumulation
             for key, value in output.parts.items():
                 parts_sum[key] = parts_sum.get(key, 0.0) + value.item() / self.accumulation
+            for key, value in output.metrics.items():
+                extra_sum[key] = extra_sum.get(key, 0.0) + float(value) / self.accumulation
         self.scaler.unscale_(self.optimizer)
         params = [p for p in self.model.parameters() if p.requires_grad]
         grad_norm = torch.nn.utils.clip_grad_norm_(params, config.clip_grad or math.inf).item()
         metrics = self.ranks.mean({"loss": loss_sum, "grad_norm": grad_norm,
-                                   **{f"loss/{k}": v for k, v in parts_sum.items()}}, self.device)
+                                   **{f"loss/{k}": v for k, v in parts_sum.items()}, **extra_sum},
+                                  self.device)
         if not (math.isfinite(metrics["loss"]) and math.isfinite(metrics["grad_norm"])):
             self._non_finite(metrics, parts_sum)
         else:

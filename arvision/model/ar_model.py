@@ -22,8 +22,14 @@ __all__ = ["ARModel", "DecoderRole", "ModelOutput", "resample_segments"]
 
 @attrs.frozen
 class ModelOutput:
+    """What a model's forward returns to the engine: the loss, its parts (logged as ``loss/KEY``)
+    and other values to log beside them (``metrics``: logged under their own keys, not in the loss;
+    e.g. a VQ tokenizer's codebook usage). Parts and metrics are averaged over micro-batches and
+    ranks like the loss."""
+
     loss: Tensor  # scalar: the weighted sum
     parts: dict[str, Tensor]  # each decoder's loss by its key
+    metrics: dict[str, Tensor | float] = attrs.field(factory=dict)
 
 
 @attrs.frozen
