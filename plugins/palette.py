@@ -4,7 +4,6 @@
 from pathlib import Path
 
 import attrs
-import typer
 from torch import Tensor
 
 from arvision import hookimpl
@@ -13,6 +12,7 @@ from arvision.config import positive, setting
 
 from .colour_palette import load_palette, quantize
 from .pixels import resize
+from .tokenizer_commands import tokenizer_group
 
 __all__ = ["PaletteConfig", "PaletteTokenizer"]
 
@@ -58,6 +58,4 @@ def register_tokenizers(register):
 def register_commands(app):
     from .palette_command import fit_palette_command
 
-    tokenizer = typer.Typer(help="Tokenizer tools.", no_args_is_help=True)
-    tokenizer.command("fit-palette")(fit_palette_command)
-    app.add_typer(tokenizer, name="tokenizer")
+    tokenizer_group(app).command("fit-palette")(fit_palette_command)
