@@ -1,4 +1,5 @@
-"""BEiT v2 visual tokenizer (VQ-KD): ids of the nearest of 8192 codes per 16x16 patch.
+"""BEiT v2 visual tokenizer (VQ-KD): the id of the nearest code of every patch (the released
+tokenizers: 8192 codes, 16x16 patches).
 
 What the reference does (microsoft/unilm ``beit2/``), and what this module does the same way:
 
@@ -29,6 +30,11 @@ dict with the weights under ``"model"`` (``"state_dict"`` or the top level also 
 ``quantize.embedding.weight`` onto ``codebook``; the parts a tokenizer does not run (see
 ``IGNORED_PREFIXES`` and ``IGNORED_KEYS``) are skipped. Anything else missing, unexpected or of
 the wrong shape is a one-line :class:`~arvision.errors.CheckpointError`.
+
+A VQ-KD trained here (``arvision tokenizer train-vqkd``, :mod:`.vqkd_train`) writes the same
+layout at its own sizes (any ``num_codes``, ``code_dim``, width, depth, patch, image size, and
+``in_chans`` 1 for grey images), and records them under ``"vqkd"`` (:data:`SIZES`): a recipe whose
+sizes differ is told in one line which keys to set to what.
 """
 
 from pathlib import Path
@@ -45,7 +51,8 @@ from arvision.components import ImageSpec, Tokenizer, Tokens, TokenSpec
 from arvision.config import positive, setting
 from arvision.errors import CheckpointError, listed
 
-__all__ = ["IGNORED_KEYS", "IGNORED_PREFIXES", "VQKDConfig", "VQKDTokenizer", "read_checkpoint"]
+__all__ = ["IGNORED_KEYS", "IGNORED_PREFIXES", "SIZES", "VQKDConfig", "VQKDTokenizer", "beit_vit",
+           "read_checkpoint", "read_checkpoint_file"]
 
 #: Parts of the official checkpoint the tokenizer does not run: the decoder and its task layer,
 #: and what the reference's own tokenizer loader drops (``scaling*``, ``teacher*``, ``loss*``).
@@ -55,6 +62,9 @@ IGNORED_KEYS = frozenset({"quantize.cluster_size", "quantize.embedding.cluster_s
                           "quantize.embedding.embed_avg", "quantize.embedding.initted"})
 #: Official name -> this module's name, where they differ.
 RENAMED = {"quantize.embedding.weight": "codebook"}
+#: The config keys a checkpoint written by ``arvision tokenizer train-vqkd`` records under "vqkd".
+SIZES = ("size", "patch_size", "in_chans", "embed_dim", "depth", "num_heads", "num_codes",
+         "code_dim")
 
 
 @attrs.frozen
@@ -69,6 +79,21 @@ class VQKDConfig:
     num_heads: int = setting(12, "encoder attention heads", validator=positive)
     num_codes: int = setting(8192, "codebook size (the vocabulary)", validator=positive)
     code_dim: int = setting(32, "width of a code", validator=positive)
+    in_chans: int = setting(3, "image channels the encoder reads (the official checkpoints: 3, "
+                            "RGB; a VQ-KD trained here on grey images: 1)", validator=positive)
+
+
+def beit_vit(size: int, patch_size: int, in_chans: int, embed_dim: int, depth: int, num_heads: int,
+             drop_path: float = 0.0) -> Beit:
+    """The VQ-KD encoder (and decoder) network: timm's ``Beit`` as the reference's
+    ``VisionTransformer`` with ``use_mean_pooling`` (``norm`` an Identity, ``fc_norm`` after the
+    blocks), absolute positions, no relative position bias, no layer scale, no head."""
+    return Beit(
+        img_size=size, patch_size=patch_size, in_chans=in_chans, num_classes=0, global_pool="avg",
+        embed_dim=embed_dim, depth=depth, num_heads=num_heads, mlp_ratio=4.0, qkv_bias=True,
+        drop_path_rate=drop_path, init_values=None, use_abs_pos_emb=True, use_rel_pos_bias=False,
+        use_shared_rel_pos_bias=False,
+    )
 
 
 class VQKDTokenizer(Tokenizer):
@@ -82,21 +107,18 @@ class VQKDTokenizer(Tokenizer):
         if config.embed_dim % config.num_heads:
             raise ValueError(f"tokenizer.num_heads {config.num_heads} does not divide "
                              f"tokenizer.embed_dim {config.embed_dim}")
-        if image.channels != 3:
-            raise ValueError(f"vqkd reads RGB images; the data has {image.channels} channels")
+        if image.channels != config.in_chans:
+            what = "RGB" if config.in_chans == 3 else f"{config.in_chans}-channel"
+            raise ValueError(f"vqkd reads {what} images (tokenizer.in_chans {config.in_chans}); "
+                             f"the data has {image.channels} channels")
         grid = config.size // config.patch_size
         return TokenSpec(grid=(grid, grid), dim=config.num_codes, discrete=True, cls=False)
 
     def __init__(self, config: VQKDConfig, image: ImageSpec) -> None:
         super().__init__(config, image)
         dim = config.embed_dim
-        self.encoder = Beit(
-            img_size=config.size, patch_size=config.patch_size, in_chans=3, num_classes=0,
-            global_pool="avg",  # norm = Identity, fc_norm = LayerNorm, as in the reference
-            embed_dim=dim, depth=config.depth, num_heads=config.num_heads, mlp_ratio=4.0,
-            qkv_bias=True, init_values=None, use_abs_pos_emb=True, use_rel_pos_bias=False,
-            use_shared_rel_pos_bias=False,
-        )
+        self.encoder = beit_vit(config.size, config.patch_size, config.in_chans, dim, config.depth,
+                                config.num_heads)  # norm = Identity, fc_norm = LayerNorm
         self.encode_task_layer = nn.Sequential(
             nn.Linear(dim, dim), nn.Tanh(), nn.Linear(dim, config.code_dim))
         self.register_buffer("codebook", torch.empty(config.num_codes, config.code_dim))
@@ -104,7 +126,9 @@ class VQKDTokenizer(Tokenizer):
         self.freeze()
 
     def _load(self, path: Path) -> None:
-        state = read_checkpoint(path)
+        state, sizes = read_checkpoint_file(path)
+        if sizes is not None:
+            _check_sizes(self.config, sizes, path)
         expected = {_official(key): value.shape for key, value in self.state_dict().items()}
         kept = {key: value for key, value in state.items() if not _ignored(key)}
         missing = [key for key in expected if key not in kept]
@@ -152,6 +176,12 @@ class VQKDTokenizer(Tokenizer):
 
 def read_checkpoint(path: str | Path) -> dict[str, Tensor]:
     """The weights of a VQ-KD checkpoint (official key names), or a one-line CheckpointError."""
+    return read_checkpoint_file(path)[0]
+
+
+def read_checkpoint_file(path: str | Path) -> tuple[dict[str, Tensor], dict[str, int] | None]:
+    """The weights of a VQ-KD checkpoint (official key names) and, for one trained here, the
+    sizes it records under "vqkd" (None in the official files); or a one-line CheckpointError."""
     path = Path(path)
 
     def bad(problem: str) -> CheckpointError:
@@ -162,6 +192,9 @@ def read_checkpoint(path: str | Path) -> dict[str, Tensor]:
         raise bad(f"{what}; expected the official BEiT v2 VQ-KD weights "
                   "(e.g. vqkd_encoder_base_decoder_3x768x12_clip-d5036aa7.pth)")
     state = read_weights_only(path, "VQ-KD checkpoint")
+    sizes = state.get("vqkd") if isinstance(state, dict) else None
+    if sizes is not None and not (isinstance(sizes, dict) and set(SIZES) <= sizes.keys()):
+        raise bad(f"its 'vqkd' entry should record {', '.join(SIZES)}; got {sizes!r}"[:300])
     for wrapper in ("model", "state_dict"):
         if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
             state = state[wrapper]
@@ -172,7 +205,16 @@ def read_checkpoint(path: str | Path) -> dict[str, Tensor]:
     odd = [str(key) for key, value in state.items() if not isinstance(value, Tensor)]
     if odd:
         raise bad(f"expected a dict of tensors; not tensors: {listed(odd)}")
-    return state
+    return state, sizes
+
+
+def _check_sizes(config: VQKDConfig, sizes: dict[str, int], path: Path) -> None:
+    """A checkpoint trained here names its sizes: a recipe that differs is told what to set."""
+    differing = [key for key in SIZES if getattr(config, key) != sizes[key]]
+    if differing:
+        wanted = ", ".join(f"tokenizer.{key} = {sizes[key]} (not {getattr(config, key)})"
+                           for key in differing)
+        raise CheckpointError(f"vqkd checkpoint {path} was trained at other sizes: set {wanted}")
 
 
 def _official(key: str) -> str:
@@ -186,3 +228,11 @@ def _ignored(key: str) -> bool:
 @hookimpl
 def register_tokenizers(register):
     register("vqkd", VQKDTokenizer, VQKDConfig)
+
+
+@hookimpl
+def register_commands(app):
+    from .tokenizer_commands import tokenizer_group
+    from .vqkd_command import train_vqkd_command
+
+    tokenizer_group(app).command("train-vqkd")(train_vqkd_command)

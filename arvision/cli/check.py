@@ -7,7 +7,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .options import Overrides, RecipePath
+from .options import Overrides, RecipePath, other_kind, other_kind_command
 
 
 def _si(value: float, unit: str = "") -> str:
@@ -18,6 +18,7 @@ def _si(value: float, unit: str = "") -> str:
 
 
 def check(
+    ctx: typer.Context,
     recipe: Path = RecipePath,
     overrides: list[str] = Overrides,
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
@@ -28,15 +29,26 @@ def check(
     decoder), parameter counts, FLOPs per image and the optimiser state size. The model is built
     on the meta device: no weights are downloaded and no memory is allocated. For a fine-tuning
     recipe ([finetune] table): the classifier, where it starts from, layer decay, augmentation and
-    schedule.
+    schedule. A recipe a plugin's command trains (a [vqkd] table: `arvision tokenizer train-vqkd`)
+    is checked by that command's --check.
     """
     from ..build import resolve  # heavy imports (torch, timm) only when a command runs
+    from ..errors import RecipeError
     from ..finetune.recipe import is_finetune
     from ..plugins import get_plugins
     from ..recipe import read_recipe_data, structure_recipe
     from ..summary import summarize
 
     data = read_recipe_data(recipe, overrides)
+    table = other_kind(data)
+    if table is not None:
+        if as_json:
+            raise RecipeError(f"{recipe}: --json: not available for a [{table}] recipe")
+        command = other_kind_command(ctx, table, recipe)
+        sets = [arg for assignment in overrides for arg in ("--set", assignment)]
+        command.main([str(recipe), *sets, "--check"], prog_name=command.name,
+                     standalone_mode=False)
+        return
     if is_finetune(data):
         check_finetune(recipe, data, as_json)
         return

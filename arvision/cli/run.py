@@ -4,7 +4,7 @@ from pathlib import Path
 
 import typer
 
-from .options import Overrides, RecipePath
+from .options import Overrides, RecipePath, refuse_other_kind
 
 
 def run(
@@ -31,6 +31,7 @@ def run(
     from ..recipe import read_recipe_data, structure_recipe  # heavy imports only when run
 
     data = read_recipe_data(recipe, overrides)
+    refuse_other_kind(data, recipe)
     finetuning = is_finetune(data)
     loaded = structure_finetune_recipe(data, str(recipe)) if finetuning else \
         structure_recipe(data, str(recipe), get_plugins())
