@@ -16,3 +16,16 @@ def test_recipe_reference_documents_every_key():
         section, name = key.split(".")
         assert f"## `[{section}]`" in text and f"| `{name}` |" in text, key
     assert "### tokenizer `palette`" in text and "| `path` | `str` | required |" in text
+
+
+def test_vqkd_recipe_tables_in_tokenizers_md_are_up_to_date():
+    from arvision.reference import _table
+    from arvision_plugins.vqkd_recipe import VQKDEncoderConfig, VQKDTrainConfig
+
+    written = (REPO / "docs" / "tokenizers.md").read_text()
+    for heading, cls in (("### `[vqkd]`", VQKDTrainConfig),
+                         ("### `[encoder]` of a VQ-KD recipe", VQKDEncoderConfig)):
+        section = written[written.index(heading):]
+        table = "\n".join(_table(cls))
+        assert table in section.split("\n### ")[0], (
+            f"docs/tokenizers.md: the table under {heading} differs from {cls.__name__}'s fields")
