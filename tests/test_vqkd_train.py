@@ -230,3 +230,38 @@ def test_killed_run_resumes_bitwise(tmp_path, teacher):
     for name in ("vqkd.pth", "tokenizer.toml"):
         assert (tmp_path / "killed" / name).exists()
     assert copy.deepcopy(expected["recipe"]) == actual["recipe"]
+
+
+# ---------------------------------------------------------------- two ranks on gloo
+
+
+def _torchrun(recipe, out, ranks, *sets):
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                f"--nproc_per_node={ranks}"] if ranks > 1 else [sys.executable]
+    extra = [item for assignment in sets for item in ("--set", assignment)]
+    done = subprocess.run([*launcher, "-m", "arvision", "tokenizer", "train-vqkd", str(recipe),
+                           "--out", str(out), *extra], env=ENV, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.slow
+def test_two_ranks_share_one_codebook(tmp_path, teacher):
+    """Codebook statistics are summed over ranks: 2 ranks of 4 images update the codes as 1 rank
+    of 8 does; k-means and restarts give every rank the same codes (FSDP, which does not
+    broadcast buffers, then logs what DDP, which does, logs)."""
+    recipe = write(tmp_path / "recipe.toml", vqkd_data(teacher, train={"steps": 5}))
+    plain = ("vqkd.kmeans_init=false", "vqkd.dead_after=100")
+    one = _torchrun(recipe, tmp_path / "one", 1, *plain)
+    two = _torchrun(recipe, tmp_path / "two", 2, *plain)
+    assert [r["loss"] for r in two] == pytest.approx([r["loss"] for r in one], rel=1e-4)
+    codes = [load_checkpoint(tmp_path / run / "checkpoint.pt")["model"]["quantize.codebook"]
+             for run in ("one", "two")]
+    torch.testing.assert_close(codes[1], codes[0], rtol=1e-3, atol=1e-3)
+    restarts = ("vqkd.dead_after=1", "vqkd.num_codes=64")
+    ddp = _torchrun(recipe, tmp_path / "ddp", 2, *restarts)
+    fsdp = _torchrun(recipe, tmp_path / "fsdp", 2, *restarts, "train.strategy=fsdp")
+    assert sum(r["codebook/restarted"] for r in ddp) > 0
+    for key in ("loss", "codebook/used", "codebook/perplexity", "codebook/restarted"):
+        assert [r[key] for r in fsdp] == pytest.approx([r[key] for r in ddp], rel=1e-4), key
