@@ -13,6 +13,19 @@ The trainer's loss, its parts (``loss/rec``, ``loss/quant``) and the codebook's 
 (``codebook/used``: codes picked in the last ``vqkd.usage_window`` batches;
 ``codebook/perplexity``: exp(entropy) of the batch's codes; ``codebook/restarted``) are logged
 every ``train.log_every`` steps.
+
+What the reference's loop does (microsoft/unilm ``beit2/engine_for_vqkd.py``,
+``run_vqkd_training.py``, ``TOKENIZER.md``) and how it is done here:
+
+- One forward under autocast returns ``emb_loss + rec_loss``; a loss scaler steps AdamW (betas
+  0.9, 0.99, weight decay 1e-4) with a per-step cosine lr after a linear warmup, lr scaled by
+  batch / 128; a non-finite loss stops the run. Here the engine does the same (its base lr counts
+  per 256 images; a non-finite loss stops the run with the last checkpoint intact).
+- ``quant_loss`` and ``rec_loss`` are logged every step; the unused codes are counted once per
+  epoch from ``cluster_size`` (reset at each epoch's start). Here the parts are logged with the
+  codes used in a window of batches and the batch perplexity, every ``log_every`` steps.
+- k-means clusters the first batch however small (sampling with replacement when it holds fewer
+  vectors than codes); here a first batch with fewer vectors than codes is a recipe error.
 """
 
 from collections.abc import Sequence
