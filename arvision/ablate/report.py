@@ -114,6 +114,14 @@ def _runs_table(tables: Tables, report_dir: Path) -> list[str]:
     return lines
 
 
+def _few_seeds(seeds: int) -> str:
+    """The caveat of a bootstrap over few seeds: its interval cannot be wider than their range."""
+    if seeds >= 5:
+        return ""
+    return (f" (with {seeds} seeds the interval cannot be wider than the seeds' range: read it as "
+            "their spread, not as a calibrated 95% interval)")
+
+
 def _protocol(plan: Plan) -> str:
     p = plan.protocol
     blocks = ", ".join(map(str, p["blocks"])) if p["blocks"] else "the middle block"
@@ -143,8 +151,8 @@ def _markdown(tables: Tables, info: dict[str, Any], report_dir: Path) -> str:
         f" {plan.threads} CPU thread(s) per run",
         f"- protocol: {_protocol(plan)}", "",
         "## Variants", "",
-        "Mean over seeds with a 95% bootstrap interval [low, high]; **bold**: the best mean of "
-        f"each column. Δ: difference to `{plan.ablation.reference}`, paired by seed. Losses of "
+        "Mean over seeds with a 95% bootstrap interval [low, high]"
+        f"{_few_seeds(len(plan.ablation.config.seeds))}; **bold**: the best mean of each column. Δ: difference to `{plan.ablation.reference}`, paired by seed. Losses of "
         "different objectives (targets, decoders) are not comparable. Train time: steps x median "
         "step time. The hyperparameters each probe chose are in results.csv (linear_lr, "
         "linear_weight_decay, knn_k).", "",
