@@ -42,6 +42,11 @@ EXAMPLES = {
     ("ordering", "random"): lambda tmp: {"ordering": {"name": "random"}},
     ("ordering", "segments"): lambda tmp: {"ordering": {"name": "segments", "rows": 2, "cols": 1}},
     ("ordering", "random_segments"): lambda tmp: {"ordering": {"name": "random_segments"}},
+    ("ordering", "spiral"): lambda tmp: {"ordering": {"name": "spiral"}},
+    ("ordering", "checkerboard"): lambda tmp: {"ordering": {"name": "checkerboard"}},
+    ("ordering", "reverse_raster"): lambda tmp: {"ordering": {"name": "reverse_raster"}},
+    ("ordering", "fixed_random"): lambda tmp: {"ordering": {"name": "fixed_random", "seed": 3}},
+    ("ordering", "clusters"): lambda tmp: {"ordering": {"name": "clusters", "size": 2}},
     ("target", "cosine"): lambda tmp: {"target": {"name": "cosine"}},
     ("decoder", "linear"): lambda tmp: {"decoders": [{"name": "linear", "predicts": "visible"}]},
     ("decoder", "transformer"): lambda tmp: {
