@@ -49,6 +49,8 @@ EXAMPLES = {
     ("ordering", "clusters"): lambda tmp: {"ordering": {"name": "clusters", "size": 2}},
     ("target", "cosine"): lambda tmp: {"target": {"name": "cosine"}},
     ("decoder", "linear"): lambda tmp: {"decoders": [{"name": "linear", "predicts": "visible"}]},
+    ("decoder", "mlp"): lambda tmp: {  # with a CLS target (the timm teacher's class token)
+        **EXAMPLES["tokenizer", "timm"](tmp), "decoders": [{"name": "mlp", "dim": 24, "depth": 2}]},
     ("decoder", "transformer"): lambda tmp: {
         "ordering": {"name": "random_segments"}, "target": {"name": "cosine"},
         "decoders": [{"name": "transformer", "predicts": predicts, "dim": 16, "depth": 2,
