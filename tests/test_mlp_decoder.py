@@ -60,7 +60,7 @@ def test_each_token_is_predicted_from_its_own_output_alone():
 def test_position_is_that_of_the_predicted_token(predicts):
     model = mlp_model(predicts=predicts, depth=1)
     head = model.decoders[f"mlp_{predicts}"]
-    order = torch.tensor([[3, 1, 0, 2] + list(range(4, 16))])
+    order = torch.tensor([[3, 1, 0, 2, *range(4, 16)]])
     plan = model.plan(1, order)
     memory = model.encoder(torch.rand(1, 3, 16, 16), plan)
     seen = {}
