@@ -130,8 +130,10 @@ class FixedRandomConfig(FixedOrderConfig):
 
 
 class FixedRandomOrdering(FixedOrdering):
-    """One random permutation, drawn once from ``seed``, for every image (ml-l3m's
-    ``fixed_random``)."""
+    """One random permutation drawn from ``seed``, the same for every image (ml-l3m).
+
+    ml-l3m's ``fixed_random`` is a table for 196 and 256 patches; this one exists for any grid.
+    """
 
     def order_of(self, rows: int, cols: int) -> list[int]:
         generator = torch.Generator().manual_seed(self.config.seed)
@@ -145,8 +147,10 @@ class ClustersConfig:
 
 
 class ClustersOrdering(Ordering):
-    """``size x size`` clusters of tokens in raster order (ARM); the ``segments`` layout given by
-    the cluster's size."""
+    """ARM's clusters: ``size x size`` tokens per segment, visited in raster order.
+
+    The ``segments`` layout given by the cluster's size instead of the number of segments.
+    """
 
     def __init__(self, config: ClustersConfig, grid: tuple[int, int]) -> None:
         super().__init__(config, grid)
