@@ -13,6 +13,7 @@ import attrs
 from ..checkpoint import load_checkpoint
 from ..config import make_converter, non_negative, positive, probability, setting, unit_interval
 from ..errors import CheckpointError, RecipeError
+from ..model.timm_folder import is_timm_folder
 from ..plugins import get_plugins
 from ..recipe import (
     DataConfig,
@@ -37,8 +38,10 @@ class FinetuneConfig:
     """Supervised fine-tuning of the encoder as a timm classifier (docs/evaluation.md)."""
 
     checkpoint: str | None = setting(
-        None, "pretraining checkpoint (`arvision run`'s OUT/checkpoint.pt) whose encoder starts "
-        "the fine-tuning; unset: train from scratch (a supervised baseline, or a local teacher)")
+        None, "the encoder the fine-tuning starts from: a pretraining checkpoint (`arvision "
+        "run`'s OUT/checkpoint.pt), a folder written by `arvision export` (or timm's "
+        "save_for_hf), or hf-hub:ORG/NAME; unset: train from scratch (a supervised baseline, or "
+        "a local teacher)")
     weights: Literal["model", "ema"] = setting(
         "model", "which encoder of the checkpoint: the trained weights or their EMA (kept when the "
         "pretraining set train.ema)")
@@ -133,6 +136,9 @@ def finetune_tables(checkpoint: Path, recipe_path: Path | None = None,
         if not is_finetune(data):
             raise RecipeError(f"{recipe_path}: not a fine-tuning recipe (expected a [finetune] "
                               "table)")
+    elif is_timm_folder(checkpoint):
+        raise RecipeError(f"{checkpoint}: a timm model, without the recipe (data, schedule) of its "
+                          "pretraining; pass --recipe with a [finetune] table")
     else:
         state = load_checkpoint(checkpoint)
         if state.get("kind", "pretrain") != "pretrain" or not isinstance(state.get("recipe"), dict):
