@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Subset
 from torchvision.transforms.v2.functional import to_pil_image
 
 from ..checkpoint import load_checkpoint, save_atomic
-from ..data.loader import Transformed, keyed_batches
+from ..data.loader import Transformed, keyed_batches, worker_count
 from ..data.sources import build_dataset
 from ..engine import Trainer, TrainResult, assemble_trainer, autocast, fit, start_run
 from ..errors import RecipeError
@@ -102,7 +102,8 @@ def evaluate_classifier(recipe: FinetuneRecipe, weights: dict[str, torch.Tensor]
         dataset = Subset(dataset, range(min(tune.eval_limit, len(dataset))))
     transform = eval_transform(recipe, size, channels)
     loader = DataLoader(Transformed(dataset, lambda image: transform(to_pil_image(image))),
-                        batch_size=tune.eval_batch_size, num_workers=recipe.data.num_workers)
+                        batch_size=tune.eval_batch_size,
+                        num_workers=worker_count(recipe.data.num_workers))
     logits, labels = [], []
     for images, targets in loader:
         with autocast(device, recipe.train.precision):
