@@ -6,6 +6,8 @@ Hub names are read through huggingface_hub's real download path, from a cache th
 the Hub's layout (``models--ORG--NAME/snapshots/REV``, ``refs/main``) while HF_HUB_OFFLINE=1.
 """
 
+import json
+
 import huggingface_hub
 import pytest
 import timm
@@ -137,3 +139,16 @@ def test_eval_finetune_of_a_folder_asks_for_a_recipe(source, capsys):
     code, _out, err = run_cli(capsys, "eval", "finetune", source["folder"])
     assert code == 2 and "pass --recipe with a [finetune] table" in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_check_shows_where_a_finetuning_starts(source, tmp_path, capsys):
+    for spec, shown in ((str(source["folder"]), f"{source['folder']}, its model weights"),
+                        (f"hf-hub:{EXPORT_REPO}", f"hf-hub:{EXPORT_REPO}, its model weights"),
+                        ("gone/export", "gone/export (not found yet), its model weights")):
+        path = tmp_path / "tune.toml"
+        tables = {"finetune": {"checkpoint": spec}, "run": {"name": "tune"}, "data": TINY["data"],
+                  "encoder": TINY["encoder"]}
+        path.write_text(tomli_w.dumps(tables))
+        code, out, err = run_cli(capsys, "check", path, "--json")
+        assert code == 0, err
+        assert json.loads(out)["starts_from"] == shown
