@@ -177,4 +177,4 @@ def build_model(blueprint: Blueprint, with_tokenizer: bool = True) -> ARModel:
         encoder.vit.norm.requires_grad_(False)  # unused: keep it out of the optimiser (and DDP)
     with as_recipe_error(source, "tokenizer"):  # a tokenizer that reads the student checks it
         return ARModel(tokenizer, blueprint.tokens, blueprint.ordering, encoder, decoders,
-                       blueprint.target)
+                       blueprint.target, prefix_attention=recipe.ordering.prefix_attention)

@@ -129,10 +129,10 @@ def test_every_ordering_is_block_causal(name, predicts, decoder):
 @pytest.mark.parametrize("name", ["raster", "random_segments", "spiral"])
 def test_prefix_attention_sees_the_prefix_and_nothing_later(name, predicts):
     """Prefix lengths 1 (plain causal), 3 and S-1 (all visible segments bidirectional)."""
-    recipe = tiny_recipe(**EXAMPLES["ordering", name](None),
+    recipe = tiny_recipe(ordering={**EXAMPLES["ordering", name](None)["ordering"],
+                                   "prefix_attention": True},
                          decoders=[{"name": "linear", "predicts": predicts}])
     model = build_model(resolve(recipe, "tiny.toml")).eval()
-    model.prefix_attention = True
     images = torch.rand(3, 3, 16, 16, requires_grad=True)
     segments = model.ordering.layout.num_segments
     order = model.plan(3, generator=torch.Generator().manual_seed(2)).order
@@ -144,13 +144,12 @@ def test_prefix_attention_sees_the_prefix_and_nothing_later(name, predicts):
 def test_prefix_attention_in_the_transformer_decoders():
     """D-iGPT's decoders read the per-sample mask too: 2x2 random segments, prefixes 1..3."""
     recipe = tiny_recipe(
-        ordering={"name": "random_segments", "rows": 2, "cols": 2},
+        ordering={"name": "random_segments", "rows": 2, "cols": 2, "prefix_attention": True},
         encoder={"depth": 4, "pos_embed": "sincos"}, target={"name": "cosine"},
         decoders=[{"name": "transformer", "predicts": role, "key": role, "dim": 16, "depth": 2,
                    "num_heads": 2} for role in ("next", "visible")],
     )
     model = build_model(resolve(recipe, "tiny.toml")).eval()
-    model.prefix_attention = True
     images = torch.rand(3, 3, 16, 16, requires_grad=True)
     order = model.ordering.plan(3, torch.Generator().manual_seed(0)).order
     for role in ("next", "visible"):

@@ -38,6 +38,8 @@ EXAMPLES = {
     ("tokenizer", "timm"): lambda tmp: {"tokenizer": {  # teacher grid 8x8: predictions resampled
         "name": "timm", **TINY_VIT, "checkpoint": str(write_vit_checkpoint(tmp / "vit.pt")),
         "size": 64}},
+    ("tokenizer", "student"): lambda tmp: {"tokenizer": {"name": "student"},
+                                           "target": {"name": "cosine"}},
     ("ordering", "raster"): lambda tmp: {"ordering": {"name": "raster"}},
     ("ordering", "random"): lambda tmp: {"ordering": {"name": "random"}},
     ("ordering", "segments"): lambda tmp: {"ordering": {"name": "segments", "rows": 2, "cols": 1}},

@@ -6,15 +6,20 @@ import torch
 
 from arvision.build import build_model, resolve
 from arvision.plan import Plan, SegmentLayout, block_causal_mask, prefix_causal_mask
+from arvision_plugins.patterns import SpiralConfig
 from conftest import tiny_recipe
 
 
-def prefix_model(**sections):
-    """A tiny model (raster unless ``ordering`` says) with prefix attention switched on."""
-    sections.setdefault("ordering", {"name": "raster"})
-    model = build_model(resolve(tiny_recipe(**sections), "tiny.toml"))
-    model.prefix_attention = True
-    return model
+def prefix_model(**ordering):
+    table = {"name": "raster", "prefix_attention": True, **ordering}
+    return build_model(resolve(tiny_recipe(ordering=table), "tiny.toml"))
+
+
+def test_prefix_attention_is_a_key_of_every_ordering_table():
+    recipe = tiny_recipe(ordering={"name": "spiral", "prefix_attention": True})
+    assert recipe.ordering.prefix_attention and recipe.ordering.config == SpiralConfig()
+    assert not tiny_recipe(ordering={"name": "spiral"}).ordering.prefix_attention
+    assert build_model(resolve(recipe)).prefix_attention
 
 
 def test_prefix_mask_is_bidirectional_inside_and_block_causal_after():
@@ -90,7 +95,9 @@ def test_expected_scored_targets():
 
 @pytest.mark.parametrize("predicts", ["next", "visible"])
 def test_the_loss_ignores_targets_inside_the_prefix(predicts):
-    model = prefix_model(decoders=[{"name": "linear", "predicts": predicts}])
+    model = build_model(resolve(tiny_recipe(
+        ordering={"name": "raster", "prefix_attention": True},
+        decoders=[{"name": "linear", "predicts": predicts}]), "tiny.toml"))
     images = torch.rand(2, 3, 16, 16)
     tokens = model.tokenizer(images)
     order = torch.stack([torch.arange(16), torch.randperm(16, generator=torch.Generator()

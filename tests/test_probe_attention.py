@@ -1,13 +1,18 @@
 """eval.attention: probes read the frozen encoder bidirectionally, causally (a raster plan's
 block-causal mask) or as it was trained."""
 
+import json
+
 import pytest
 import torch
 
 from arvision.build import build_model, resolve
+from arvision.evaluate import run_probes
 from arvision.evaluate.attention import probe_attention
+from arvision.evaluate.features import Extractor, load_encoder, resolve_attention
 from arvision.plan import Plan, SegmentLayout, block_causal_mask
-from conftest import tiny_recipe
+from arvision.pretrain import train
+from conftest import run_cli, tiny_recipe
 
 
 def test_natural_mask_of_a_raster_plan_is_causal():
@@ -76,3 +81,59 @@ def test_causal_features_of_a_token_ignore_later_tokens():
                        first_token_features(encoder, causal, changed))
     assert not torch.allclose(first_token_features(encoder, None, images),
                               first_token_features(encoder, None, changed))
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    """A raster-trained encoder and one trained with prefix attention (2 steps each)."""
+    root = tmp_path_factory.mktemp("attention")
+    return {name: train(tiny_recipe(ordering={"name": "raster", "prefix_attention": prefix},
+                                    train={"steps": 2}), root / name).checkpoint
+            for name, prefix in (("raster", False), ("prefix", True))}
+
+
+def features(checkpoint, attention):
+    loaded = load_encoder(checkpoint)
+    extract = Extractor(loaded, (1, 2), torch.device("cpu"), "fp32",
+                        resolve_attention(loaded, attention))
+    return extract(torch.rand(4, 3, 16, 16, generator=torch.Generator().manual_seed(0)))
+
+
+def test_modes_differ_for_a_raster_trained_encoder(checkpoints):
+    by_mode = {mode: features(checkpoints["raster"], mode)
+               for mode in ("bidirectional", "causal", "as_trained")}
+    assert not torch.allclose(by_mode["bidirectional"], by_mode["causal"])
+    assert torch.equal(by_mode["as_trained"], by_mode["causal"])
+
+
+def test_as_trained_is_bidirectional_for_an_encoder_trained_to_attend_both_ways(checkpoints):
+    by_mode = {mode: features(checkpoints["prefix"], mode)
+               for mode in ("bidirectional", "causal", "as_trained")}
+    assert torch.equal(by_mode["as_trained"], by_mode["bidirectional"])
+    assert not torch.allclose(by_mode["causal"], by_mode["bidirectional"])
+
+
+def test_probes_record_the_mode_and_cache_each_apart(checkpoints, tmp_path, capsys):
+    checkpoint = checkpoints["raster"]
+    options = {"limit": 32, "eval_limit": 16, "out_dir": tmp_path}
+    default = run_probes(checkpoint, ("knn",), **options)["knn"]
+    assert (default["attention"], default["attention_requested"]) == ("causal", "as_trained")
+    both = run_probes(checkpoint, ("knn",), attention="bidirectional", **options)["knn"]
+    assert both["attention"] == "bidirectional"
+    assert len(list((tmp_path / "features").glob("*.pt"))) == 4  # 2 splits x 2 modes
+    code, out, err = run_cli(capsys, "eval", "knn", str(checkpoint), "--attention", "causal",
+                             "--limit", "32", "--eval-limit", "16", "--out", str(tmp_path),
+                             "--json")
+    assert code == 0, err
+    assert "extracting" not in err  # causal = as_trained here: read from the cache
+    assert json.loads(out)["knn"]["attention_requested"] == "causal"
+    code, _, err = run_cli(capsys, "eval", "knn", str(checkpoint), "--attention", "full")
+    assert code == 2 and "--attention" in err
+
+
+def test_the_recipes_eval_attention_is_the_default(tmp_path):
+    recipe = tiny_recipe(ordering={"name": "raster"}, train={"steps": 1},
+                         eval={"attention": "bidirectional", "probes": ["knn"]})
+    checkpoint = train(recipe, tmp_path / "run").checkpoint
+    assert resolve_attention(load_encoder(checkpoint)).mode == "bidirectional"
+    assert resolve_attention(load_encoder(checkpoint), "causal").mode == "causal"

@@ -38,8 +38,8 @@ def run_probes(checkpoint: str | Path, probes: Sequence[str] = ("linear", "knn")
                random_init: bool = False, out_dir: str | Path | None = None,
                device: str = "auto", precision: str | None = None, batch_size: int = 256,
                attentive_epochs: int = 10, attentive_lr: float = 1e-2, seed: int = 0,
-               cache: bool = True, log: Log | None = None, plugins: Plugins | None = None
-               ) -> dict[str, dict[str, Any]]:
+               cache: bool = True, log: Log | None = None, plugins: Plugins | None = None,
+               attention: str | None = None) -> dict[str, dict[str, Any]]:
     """Probe the frozen encoder of ``checkpoint``; returns ``{probe: result}`` and merges it into
     ``OUT_DIR/eval.json`` (default: the checkpoint's directory).
 
@@ -47,6 +47,8 @@ def run_probes(checkpoint: str | Path, probes: Sequence[str] = ("linear", "knn")
     ``limit`` / ``eval_limit``: first N images of the train / eval split (default: all).
     ``random_init``: the same encoder at its recipe's seeded initialisation (a baseline).
     ``precision``: autocast for extraction (default: the recipe's ``train.precision``).
+    ``attention``: how the encoder attends, 'bidirectional', 'causal' or 'as_trained' (default:
+    the recipe's ``eval.attention``).
     """
     unknown = [probe for probe in probes if probe not in PROBES]
     if unknown:
@@ -58,13 +60,15 @@ def run_probes(checkpoint: str | Path, probes: Sequence[str] = ("linear", "knn")
     data = loaded.recipe.data
     options = {"blocks": blocks, "cache_dir": run_dir / "features" if cache else None,
                "device": _device(device), "precision": precision or loaded.recipe.train.precision,
-               "batch_size": batch_size, "with_tokens": "attentive" in probes, "log": log}
+               "batch_size": batch_size, "with_tokens": "attentive" in probes, "log": log,
+               "attention": attention}
     started = time.perf_counter()
     train = extract_features(loaded, data.split, limit=limit, **options)
     evals = extract_features(loaded, data.eval_split, limit=eval_limit, **options)
     common = {"blocks": list(blocks), "train_split": data.split, "eval_split": data.eval_split,
               "train_images": len(train.labels), "eval_images": len(evals.labels),
               "checkpoint": str(path), "step": loaded.step, "random_init": random_init,
+              "attention": train.attention.mode, "attention_requested": train.attention.requested,
               "features_seconds": round(time.perf_counter() - started, 2)}
     results = {}
     for probe in probes:

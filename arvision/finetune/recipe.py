@@ -18,6 +18,7 @@ from ..plugins import get_plugins
 from ..recipe import (
     DataConfig,
     EncoderConfig,
+    LogConfig,
     Recipe,
     RunConfig,
     TrainConfig,
@@ -81,6 +82,7 @@ class FinetuneRecipe:
     data: DataConfig = attrs.Factory(DataConfig)
     train: TrainConfig = attrs.Factory(TrainConfig)
     run: RunConfig = attrs.Factory(RunConfig)
+    log: LogConfig = attrs.Factory(LogConfig)
 
 
 #: The D-iGPT / BEiT fine-tuning schedule for ViT-B (DESIGN.md), used where no recipe says otherwise.
@@ -98,6 +100,9 @@ def structure_finetune_recipe(data: dict[str, Any], source: str) -> FinetuneReci
     if recipe.data.targets:
         raise RecipeError(f"{source}: data.targets: a target cache feeds pretraining; fine-tuning "
                           "reads the images and their labels (remove the key)")
+    if recipe.encoder.init is not None:
+        raise RecipeError(f"{source}: encoder.init: starts a pretraining; a fine-tuning starts "
+                          "from finetune.checkpoint")
     if recipe.encoder.stem != "patch":
         raise RecipeError(f"{source}: encoder.stem: fine-tuning needs 'patch' (a timm image model); "
                           f"got {recipe.encoder.stem!r}")
@@ -113,11 +118,13 @@ def derive_finetune_recipe(checkpoint: Path, pretrain: Recipe) -> dict[str, Any]
     crop (RandomResizedCrop 0.08..1, flip), the paper's schedule (:data:`PAPER_FINETUNE_TRAIN`)
     and drop path 0.1; written to the run's ``recipe.toml``, overridable with ``--set``."""
     encoder = drop_none(make_converter().unstructure(pretrain.encoder))
+    encoder.pop("init", None)  # the checkpoint holds the encoder now
     data = drop_none(make_converter().unstructure(pretrain.data))
     data.pop("targets", None)
     data.pop("limit", None)
     return {
         "run": {"name": f"{pretrain.run.name}_finetune"},
+        "log": drop_none(make_converter().unstructure(pretrain.log)),
         "finetune": {"checkpoint": str(checkpoint)},
         "encoder": {**encoder, "drop_path": 0.1},
         "data": {**data, "crop_scale": [0.08, 1.0], "flip": True},
