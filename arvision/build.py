@@ -111,7 +111,8 @@ def resolve(recipe: Recipe, source: str = "recipe") -> Blueprint:
         img_size, patch_size = enc.img_size or data_size, enc.patch_size
     with as_recipe_error(source, "encoder"), torch.device("meta"):
         vit = create_encoder_vit(enc, img_size, patch_size, channels)
-    image = ImageSpec(vit.patch_embed.img_size[0], channels, vit.patch_embed.patch_size[0])
+    image = ImageSpec(vit.patch_embed.img_size[0], channels, vit.patch_embed.patch_size[0],
+                      vit.embed_dim)
     if enc.pos_embed == "sincos" and vit.embed_dim % 4:
         default = "" if enc.embed_dim else f" (the default of {enc.name})"
         raise RecipeError(f"{source}: encoder.pos_embed: 'sincos' needs encoder.embed_dim divisible "
@@ -174,5 +175,6 @@ def build_model(blueprint: Blueprint, with_tokenizer: bool = True) -> ARModel:
         decoders[table.loss_key] = (DecoderRole(table.predicts, table.weight), decoder)
     if not any(decoder.reads_final_output for _, decoder in decoders.values()):
         encoder.vit.norm.requires_grad_(False)  # unused: keep it out of the optimiser (and DDP)
-    return ARModel(tokenizer, blueprint.tokens, blueprint.ordering, encoder, decoders,
-                   blueprint.target)
+    with as_recipe_error(source, "tokenizer"):  # a tokenizer that reads the student checks it
+        return ARModel(tokenizer, blueprint.tokens, blueprint.ordering, encoder, decoders,
+                       blueprint.target, prefix_attention=recipe.ordering.prefix_attention)

@@ -35,11 +35,13 @@ Role = Literal["next", "visible"]
 @attrs.frozen
 class ImageSpec:
     """The student's input: square ``size`` pixels, ``channels`` channels in [0, 1], cut into
-    ``patch_size`` patches."""
+    ``patch_size`` patches; ``encoder_dim`` is the student's token width (known when the
+    recipe is resolved; a tokenizer whose tokens are the student's own embeddings needs it)."""
 
     size: int
     channels: int
     patch_size: int
+    encoder_dim: int | None = None
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -79,6 +81,10 @@ class Tokenizer(nn.Module, ABC):
     building anything (no weights, no downloads) so that recipes can be checked cheaply.
     """
 
+    #: Whether the tokenizer reads the EMA of the student's encoder (see :meth:`attach`); a run
+    #: without ``train.ema`` is then a recipe error.
+    needs_ema: bool = False
+
     def __init__(self, config: Any, image: ImageSpec) -> None:
         super().__init__()
         self.config = config
@@ -98,6 +104,12 @@ class Tokenizer(nn.Module, ABC):
     def freeze(self) -> "Tokenizer":
         self.requires_grad_(False)
         return self.eval()
+
+    def attach(self, encoder: nn.Module, ema: nn.Module | None = None) -> None:
+        """Called with the student's encoder when the model is built, and again with its EMA
+        copy (``train.ema``) when training starts. A tokenizer whose targets come from the student
+        itself (``student``, NEPA) keeps them, unregistered, so they stay out of its parameters;
+        every other tokenizer ignores them."""
 
     def __call__(self, images: Tensor) -> Tokens:
         with torch.no_grad():

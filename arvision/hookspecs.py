@@ -5,7 +5,7 @@ A plugin is a module (or object) reachable through the ``arvision`` entry-point 
 
     @arvision.hookimpl
     def register_orderings(register):
-        register("spiral", SpiralOrdering, SpiralConfig)
+        register("snake", SnakeOrdering, SnakeConfig)
 
 ``register(name, factory, config)`` takes the component's name as recipes spell it, the factory
 (usually the component class) and the frozen attrs class that validates the component's recipe

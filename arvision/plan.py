@@ -4,13 +4,17 @@ An image grid (h, w) is cut into ``rows x cols`` cells (segments). A plan orders
 sample; tokens are gathered segment after segment in that order, so the mask over the gathered
 sequence is the same for every sample: a token attends to its own segment and earlier ones. The
 last segment in the order is never an encoder input: the encoder reads segments 1..S-1.
+
+With prefix attention (AIM) a plan also holds a prefix length K per sample: its first K visible
+segments attend to each other bidirectionally, the rest stay block-causal, and only targets past
+the prefix are scored. The mask is then one per sample, (B, 1, L, L).
 """
 
 import attrs
 import torch
 from torch import Tensor
 
-__all__ = ["Plan", "SegmentLayout", "block_causal_mask"]
+__all__ = ["Plan", "SegmentLayout", "block_causal_mask", "prefix_causal_mask"]
 
 
 @attrs.frozen
@@ -66,12 +70,35 @@ def block_causal_mask(num_segments: int, tokens_per_segment: int, cls: bool,
     return torch.cat([top, body], dim=0)  # (1 + L, 1 + L)
 
 
+def prefix_causal_mask(num_segments: int, tokens_per_segment: int, cls: bool,
+                       prefix_length: Tensor) -> Tensor:
+    """Boolean (B, 1, L, L) mask, True = attend: :func:`block_causal_mask`, and besides every
+    token sees the first ``prefix_length[b]`` segments of sample b (AIM's prefix attention).
+
+    Within the prefix attention is bidirectional; after it, block-causal. CLS keeps its rule (it
+    sees everything and only the last segment sees it), so no prefix token learns from later
+    segments through it.
+    """
+    device = prefix_length.device
+    shared = block_causal_mask(num_segments, tokens_per_segment, cls, device)  # (P+L, P+L)
+    segment = torch.arange(num_segments, device=device).repeat_interleave(tokens_per_segment)
+    in_prefix = segment[None, :] < prefix_length[:, None]  # (B, L): keys inside the prefix
+    if cls:
+        in_prefix = torch.cat([torch.zeros_like(in_prefix[:, :1]), in_prefix], dim=1)  # (B, P+L)
+    return (shared[None] | in_prefix[:, None, :])[:, None]  # (B, 1, P+L, P+L)
+
+
 @attrs.frozen
 class Plan:
-    """A per-sample order of a layout's segments: ``order[b, k]`` is the k-th segment of sample b."""
+    """A per-sample order of a layout's segments: ``order[b, k]`` is the k-th segment of sample b.
+
+    ``prefix_length`` (B,), when set, is AIM's prefix: sample b reads its first
+    ``prefix_length[b]`` visible segments bidirectionally (1..S-1; 1 is plain block-causal).
+    """
 
     layout: SegmentLayout
     order: Tensor = attrs.field()  # (B, S) long
+    prefix_length: Tensor | None = attrs.field(default=None, kw_only=True)  # (B,) long
 
     @order.validator
     def _check_order(self, _attribute, order: Tensor) -> None:
@@ -81,12 +108,25 @@ class Plan:
                 f"{self.layout.rows}x{self.layout.cols} layout, got {tuple(order.shape)}"
             )
 
+    @prefix_length.validator
+    def _check_prefix(self, _attribute, prefix: Tensor | None) -> None:
+        if prefix is None:
+            return
+        if prefix.shape != self.order.shape[:1]:
+            raise ValueError(f"plan prefix_length must be (batch,) = ({self.order.shape[0]},), "
+                             f"got {tuple(prefix.shape)}")
+        if prefix.device.type == "cpu" and prefix.numel() and not (
+                (prefix >= 1) & (prefix <= self.num_segments - 1)).all():  # no sync on devices
+            raise ValueError(f"plan prefix_length must be in 1..{self.num_segments - 1} (the "
+                             f"visible segments), got {int(prefix.min())}..{int(prefix.max())}")
+
     @property
     def num_segments(self) -> int:
         return self.layout.num_segments
 
     def to(self, device) -> "Plan":
-        return Plan(self.layout, self.order.to(device))
+        prefix = None if self.prefix_length is None else self.prefix_length.to(device)
+        return Plan(self.layout, self.order.to(device), prefix_length=prefix)
 
     def positions(self, grid: tuple[int, int], segments: slice = slice(None)) -> Tensor:
         """Grid indices of the tokens of the ordered segments: (B, S', T)."""
@@ -102,5 +142,41 @@ class Plan:
         return picked.view(batch, count, per, *tokens.shape[2:])
 
     def mask(self, tokens_per_segment: int, cls: bool) -> Tensor:
-        """Block-causal mask over the encoder's input: segments 1..S-1 (plus CLS)."""
+        """Block-causal mask over the encoder's input: segments 1..S-1 (plus CLS); one (L, L) for
+        the batch, or with a prefix one per sample (B, 1, L, L)."""
+        if self.prefix_length is not None:
+            return prefix_causal_mask(self.num_segments - 1, tokens_per_segment, cls,
+                                      self.prefix_length.to(self.order.device))
         return block_causal_mask(self.num_segments - 1, tokens_per_segment, cls, self.order.device)
+
+    def scored(self, segments: slice) -> Tensor | None:
+        """Which of the ordered ``segments`` (a decoder's targets) count in the loss: (B, S')
+        bool, False for those inside the prefix; None without a prefix (all count).
+
+        For ``next`` (targets 2..S) the prediction made at the prefix's last segment counts: it
+        saw only the prefix, and its target lies past it.
+        """
+        if self.prefix_length is None:
+            return None
+        index = torch.arange(self.num_segments, device=self.order.device)[segments]  # (S',)
+        return index[None, :] >= self.prefix_length.to(self.order.device)[:, None]
+
+    def natural_mask(self, grid: tuple[int, int], cls: bool) -> Tensor:
+        """Block-causal mask over every token of ``grid`` in natural (row-major) order, all S
+        segments included: token i sees token j when j's segment comes no later than i's in
+        this plan's order. (B, 1, P+N, P+N); with CLS first, seen only by the last segment.
+
+        Probes read an encoder this way when it should attend as it was trained.
+        """
+        table = self.layout.segment_positions(grid, device=self.order.device)  # (S, T)
+        segment_of = torch.empty(grid[0] * grid[1], dtype=torch.long, device=self.order.device)
+        segment_of[table.flatten()] = torch.arange(
+            self.num_segments, device=self.order.device).repeat_interleave(table.shape[1])
+        rank = self.order.argsort(dim=1)[:, segment_of]  # (B, N): place of each token's segment
+        mask = rank[:, None, :] <= rank[:, :, None]  # (B, N, N)
+        if cls:
+            sees_cls = rank == self.num_segments - 1  # (B, N)
+            body = torch.cat([sees_cls[:, :, None], mask], dim=2)  # (B, N, 1 + N)
+            top = torch.ones_like(body[:, :1])  # (B, 1, 1 + N)
+            mask = torch.cat([top, body], dim=1)  # (B, 1 + N, 1 + N)
+        return mask[:, None]

@@ -15,6 +15,8 @@ from .recipe import (
     DecoderTable,
     EncoderConfig,
     EvalConfig,
+    LogConfig,
+    OrderingTable,
     RunConfig,
     SyntheticConfig,
     TrainConfig,
@@ -37,7 +39,8 @@ FINETUNE = """A recipe with a `[finetune]` table is a fine-tuning recipe: it has
 fine-tunes the encoder as a timm classifier (docs/evaluation.md)."""
 
 SECTIONS = (("run", RunConfig), ("data", DataConfig), ("data.synthetic", SyntheticConfig),
-            ("encoder", EncoderConfig), ("train", TrainConfig), ("eval", EvalConfig))
+            ("encoder", EncoderConfig), ("train", TrainConfig), ("eval", EvalConfig),
+            ("log", LogConfig))
 
 
 def _type(tp: Any) -> str:
@@ -78,7 +81,9 @@ def recipe_reference(plugins: Plugins | None = None) -> str:
     lines += ["## Component tables", "",
               "`[tokenizer]`, `[ordering]`, `[target]` and each `[[decoders]]` entry take `name` "
               "(a registered component) plus that component's own keys. Every `[[decoders]]` entry "
-              "also takes:", "", *_table(DecoderTable, skip=("name", "config", "registration")), ""]
+              "also takes:", "", *_table(DecoderTable, skip=("name", "config", "registration")), "",
+              "The `[ordering]` table, whatever its ordering, also takes:", "",
+              *_table(OrderingTable, skip=("name", "config", "registration")), ""]
     for kind in KINDS:
         for registration in sorted(plugins.registry(kind), key=lambda r: r.name):
             doc = (registration.factory.__doc__ or "").strip().splitlines()[0]

@@ -1,15 +1,16 @@
 """Seeds as pure functions of integers, so every random draw of a run is reproducible.
 
 A run's random choices per sample (its crop and flip, the view of a target cache, its segment
-order) are drawn from generators seeded by ``(run seed, epoch, index)`` and a stream number per
-kind of draw, never from a generator shared by a batch, a worker or a rank. A sample therefore
-looks and is ordered the same whichever batch it lands in, whichever worker loads it and however
-many processes train, and a resumed run sees exactly the draws of the uninterrupted one.
+order, its prefix length) are drawn from generators seeded by ``(run seed, epoch, index)`` and a
+stream number per kind of draw, never from a generator shared by a batch, a worker or a rank. A
+sample therefore looks and is ordered the same whichever batch it lands in, whichever worker loads
+it and however many processes train, and a resumed run sees exactly the draws of the
+uninterrupted one.
 """
 
 import torch
 
-__all__ = ["PLAN_STREAM", "sample_seed", "seeded_generator", "stream_seed"]
+__all__ = ["PLAN_STREAM", "PREFIX_STREAM", "sample_seed", "seeded_generator", "stream_seed"]
 
 _MIX = 0x9E3779B97F4A7C15
 _MASK64 = (1 << 64) - 1
@@ -17,6 +18,8 @@ _MASK63 = (1 << 63) - 1
 
 #: The stream of a sample's segment order (stream 0 is its view: crop, flip, cached view).
 PLAN_STREAM = 1
+#: The stream of a sample's prefix length (AIM's prefix attention).
+PREFIX_STREAM = 2
 
 
 def _mix(value: int, parts: tuple[int, ...]) -> int:

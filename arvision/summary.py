@@ -57,7 +57,9 @@ def summarize(blueprint: Blueprint) -> dict[str, Any]:
                      "layout": [layout.rows, layout.cols],
                      "student_tokens_per_segment": layout.tokens_per_segment(blueprint.grid),
                      "target_tokens_per_segment": layout.tokens_per_segment(
-                         blueprint.tokens.grid)},
+                         blueprint.tokens.grid),
+                     # only when on, so summaries of recipes without it read as before
+                     **({"prefix_attention": True} if recipe.ordering.prefix_attention else {})},
         "encoder_tokens": blueprint.encoder_tokens,
         "targets_per_decoder": blueprint.targets_per_decoder,
         "decoders": [{"key": table.loss_key, "name": table.name, "predicts": table.predicts,

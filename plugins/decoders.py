@@ -1,4 +1,4 @@
-"""Built-in decoders."""
+"""Built-in decoders: linear (iGPT), mlp (AIM), transformer (D-iGPT)."""
 
 import attrs
 from torch import nn
@@ -7,6 +7,7 @@ from arvision import hookimpl
 from arvision.components import Decoder, DecoderContext, EncoderOutput, Prediction
 from arvision.plan import Plan
 
+from .mlp_decoder import MLPDecoder, MLPDecoderConfig
 from .transformer_decoder import TransformerDecoder, TransformerDecoderConfig
 
 __all__ = ["LinearConfig", "LinearDecoder"]
@@ -41,4 +42,5 @@ class LinearDecoder(Decoder):
 @hookimpl
 def register_decoders(register):
     register("linear", LinearDecoder, LinearConfig)
+    register("mlp", MLPDecoder, MLPDecoderConfig)
     register("transformer", TransformerDecoder, TransformerDecoderConfig)

@@ -1,4 +1,5 @@
-"""Built-in orderings: raster (iGPT, AIM), fixed and random segment orders (D-iGPT), random tokens."""
+"""Built-in orderings: raster (iGPT, AIM), fixed and random segment orders (D-iGPT), random tokens,
+and the fixed orders of AIM's ablation and ARM's clusters (:mod:`.patterns`)."""
 
 import attrs
 import torch
@@ -7,6 +8,18 @@ from arvision import hookimpl
 from arvision.components import Ordering
 from arvision.config import positive, setting
 from arvision.plan import Plan, SegmentLayout
+
+from .patterns import (
+    CheckerboardOrdering,
+    ClustersConfig,
+    ClustersOrdering,
+    FixedOrderConfig,
+    FixedRandomConfig,
+    FixedRandomOrdering,
+    ReverseRasterOrdering,
+    SpiralConfig,
+    SpiralOrdering,
+)
 
 __all__ = ["RandomOrdering", "RandomSegmentsOrdering", "RasterOrdering", "SegmentOrdering",
            "SegmentsConfig", "SegmentsOrdering", "TokenOrderConfig", "TokenOrdering",
@@ -100,3 +113,8 @@ def register_orderings(register):
     register("random", RandomOrdering, TokenOrderConfig)
     register("segments", SegmentsOrdering, SegmentsConfig)
     register("random_segments", RandomSegmentsOrdering, SegmentsConfig)
+    register("spiral", SpiralOrdering, SpiralConfig)
+    register("checkerboard", CheckerboardOrdering, FixedOrderConfig)
+    register("reverse_raster", ReverseRasterOrdering, FixedOrderConfig)
+    register("fixed_random", FixedRandomOrdering, FixedRandomConfig)
+    register("clusters", ClustersOrdering, ClustersConfig)

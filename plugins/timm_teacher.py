@@ -1,13 +1,18 @@
 """A timm VisionTransformer and its checkpoint file as a feature teacher (tokenizer ``timm``).
 
 Lets a locally trained model serve as the target of feature prediction: an encoder pretrained or
-fine-tuned by arvision (a plain timm checkpoint), or any timm ViT exported with ``torch.save``.
+fine-tuned by arvision (a plain timm checkpoint, or a folder written by ``arvision export``), any
+timm ViT exported with ``torch.save`` or timm's ``save_for_hf``, or one on the Hub
+(``hf-hub:ORG/NAME``).
 
 - The architecture comes from the recipe: the timm model name plus the overrides (``img_size``,
   ``patch_size``, ``embed_dim``, ``depth``, ``num_heads``, ``in_chans``, ``class_token``), never
-  guessed from the checkpoint. Only the classifier side, which does not change the tokens, is read
-  from the file: ``head.weight`` sets ``num_classes`` and ``fc_norm.weight`` (an average-pool
-  fine-tune) selects ``global_pool='avg'``.
+  guessed from the weights. A checkpoint in the Hub layout (folder or ``hf-hub:``) states it in its
+  config.json (architecture, model_args), which then stands in for ``model`` and the unset
+  overrides, and its pretrained_cfg's mean and std for unset ``mean`` / ``std``. Only the
+  classifier side, which does not change the tokens, is read from the weights: ``head.weight``
+  sets ``num_classes`` and ``fc_norm.weight`` (an average-pool fine-tune) selects
+  ``global_pool='avg'``.
 - The file loads strictly (read weights-only, then picked as ``timm.models.load_state_dict``
   does: a bare state dict, or one under ``state_dict``/``model``/EMA keys, ``module.`` prefixes
   removed; from an arvision training checkpoint, the ``encoder.vit.*`` part). Missing,
@@ -37,10 +42,11 @@ from arvision.checkpoint import UnreadableFile, read_weights_only
 from arvision.components import ImageSpec, Tokenizer, Tokens, TokenSpec
 from arvision.config import model_override, positive, setting
 from arvision.errors import CheckpointError, listed
+from arvision.model.timm_folder import TimmFolder, is_timm_folder, read_timm_folder
 from arvision.model.vit import channel_stat, create_vit, shape_overrides
 
-__all__ = ["ARVISION_ENCODER", "TimmTeacher", "TimmTeacherConfig", "load_error", "prepare_images",
-           "teacher_vit"]
+__all__ = ["ARVISION_ENCODER", "TimmTeacher", "TimmTeacherConfig", "hub_config", "load_error",
+           "normalisation", "prepare_images", "teacher_vit"]
 
 #: Where an arvision training checkpoint keeps the encoder's timm ViT in its "model" state.
 ARVISION_ENCODER = "encoder.vit."
@@ -48,10 +54,12 @@ ARVISION_ENCODER = "encoder.vit."
 
 @attrs.frozen
 class TimmTeacherConfig:
-    model: str = setting(help="timm name of a VisionTransformer (vit_base_patch16_224, ...)")
+    model: str | None = setting(None, "timm name of a VisionTransformer (vit_base_patch16_224, "
+                                "...); unset: the architecture in the checkpoint's config.json")
     checkpoint: str | None = setting(
-        None, "weights file, strictly loaded: a timm state dict, or an arvision training "
-        "checkpoint (its encoder); none: random weights, for smoke tests only")
+        None, "weights, strictly loaded: a timm state dict file, an arvision training checkpoint "
+        "(its encoder), a folder written by `arvision export` or timm's save_for_hf, or "
+        "hf-hub:ORG/NAME; none: random weights, for smoke tests only")
     layer: int | None = setting(None, "none: the final normed tokens; k: the output of block k "
                                 "(1-based)", validator=positive)
     size: int | None = setting(None, "teacher input side in pixels (default: the model's img_size; "
@@ -65,17 +73,45 @@ class TimmTeacherConfig:
     in_chans: int | None = setting(None, "input channels (default: the model's; 1-channel images "
                                    "are repeated to fill them)", validator=positive)
     class_token: bool | None = setting(None, "the model has a class token (default: the model's)")
-    mean: tuple[float, ...] = setting(tuple(IMAGENET_DEFAULT_MEAN),
-                                      "input normalisation mean (one value or one per channel); "
-                                      "an arvision encoder expects its recipe's encoder.mean")
-    std: tuple[float, ...] = setting(tuple(IMAGENET_DEFAULT_STD), "input normalisation std")
+    mean: tuple[float, ...] | None = setting(
+        None, "input normalisation mean (one value or one per channel; default: the checkpoint "
+        "folder's, else ImageNet's); an arvision checkpoint file expects its recipe's encoder.mean")
+    std: tuple[float, ...] | None = setting(None, "input normalisation std (default: the "
+                                            "checkpoint folder's, else ImageNet's)")
     precision: Literal["bf16", "fp32"] = setting("bf16", "autocast dtype of the teacher forward")
 
 
-def teacher_vit(config: TimmTeacherConfig, **kwargs: Any) -> VisionTransformer:
-    """The configured timm ViT (random weights) on the current default device."""
-    return create_vit(config.model, "tokenizer.model", registers=True, **shape_overrides(config),
-                      **kwargs)
+def hub_config(config: TimmTeacherConfig) -> TimmFolder | None:
+    """The config.json of a Hub-layout checkpoint (folder, local-dir:, hf-hub:), else None."""
+    if not is_timm_folder(config.checkpoint):
+        return None
+    folder = read_timm_folder(config.checkpoint, "tokenizer.checkpoint")
+    if config.model is not None and config.model != folder.architecture:
+        raise ValueError(f"tokenizer.model: {config.model!r} is not the architecture of "
+                         f"{config.checkpoint} ({folder.architecture!r}); leave tokenizer.model unset")
+    return folder
+
+
+def teacher_vit(config: TimmTeacherConfig, folder: TimmFolder | None = None, **kwargs: Any
+                ) -> VisionTransformer:
+    """The configured timm ViT (random weights) on the current default device; ``folder``: the
+    checkpoint's config.json, whose architecture and arguments fill what the recipe leaves unset."""
+    model, arguments = config.model, {}
+    if folder is not None:
+        model, arguments = folder.architecture, dict(folder.model_args)
+    if model is None:
+        raise ValueError("tokenizer.model: required unless tokenizer.checkpoint is a folder in the "
+                         "Hub layout or hf-hub:ORG/NAME")
+    overrides = {key: value for key, value in shape_overrides(config).items() if value is not None}
+    return create_vit(model, "tokenizer.model", registers=True,
+                      **{**arguments, **overrides, **kwargs})
+
+
+def normalisation(config: TimmTeacherConfig, folder: TimmFolder | None, name: str
+                  ) -> tuple[float, ...]:
+    """``tokenizer.mean`` / ``std``, else the checkpoint folder's, else ImageNet's."""
+    default = IMAGENET_DEFAULT_MEAN if name == "mean" else IMAGENET_DEFAULT_STD
+    return getattr(config, name) or (folder.stat(name) if folder else None) or tuple(default)
 
 
 def prepare_images(images: Tensor, size: int, channels: int, mean: Tensor, std: Tensor) -> Tensor:
@@ -102,7 +138,8 @@ class TimmTeacher(Tokenizer):
 
     @classmethod
     def token_spec(cls, config: TimmTeacherConfig, image: ImageSpec) -> TokenSpec:
-        vit = _meta_vit(config)  # the architecture only: no weights, no file read
+        folder = hub_config(config)  # config.json at most: no weights read
+        vit = _meta_vit(config, folder)
         size, patch = config.size or vit.patch_embed.img_size[0], vit.patch_embed.patch_size[0]
         if size % patch:
             raise ValueError(f"tokenizer: patch size {patch} does not divide the input size {size}")
@@ -111,28 +148,35 @@ class TimmTeacher(Tokenizer):
                              f"{len(vit.blocks)} blocks")
         check_channels(image, vit.patch_embed.proj.in_channels)
         for what in ("mean", "std"):
-            channel_stat(getattr(config, what), vit.patch_embed.proj.in_channels, f"tokenizer.{what}")
+            channel_stat(normalisation(config, folder, what), vit.patch_embed.proj.in_channels,
+                         f"tokenizer.{what}")
         return TokenSpec(grid=(size // patch, size // patch), dim=vit.embed_dim, discrete=False,
                          cls=vit.cls_token is not None)
 
     def __init__(self, config: TimmTeacherConfig, image: ImageSpec) -> None:
         super().__init__(config, image)
-        path = None if config.checkpoint is None else Path(config.checkpoint).expanduser()
-        state = read_state_dict(path) if path is not None else {}
+        folder = hub_config(config)
+        if folder is not None:
+            state = folder.weights()
+        elif config.checkpoint is not None:
+            state = read_state_dict(Path(config.checkpoint).expanduser())
+        else:
+            state = {}
         head = {"num_classes": state["head.weight"].shape[0] if "head.weight" in state else 0,
                 "global_pool": "avg" if "fc_norm.weight" in state else ""}
         # Another input size than the model's interpolates the position embedding on the fly.
-        resized = config.size not in (None, _meta_vit(config).patch_embed.img_size[0])
-        self.vit = teacher_vit(config, **head, **({"dynamic_img_size": True} if resized else {}))
-        if path is not None:
-            load_strict(self.vit, state, f"tokenizer.checkpoint {path}", config.model)
+        resized = config.size not in (None, _meta_vit(config, folder).patch_embed.img_size[0])
+        self.vit = teacher_vit(config, folder, **head,
+                               **({"dynamic_img_size": True} if resized else {}))
+        if config.checkpoint is not None:
+            load_strict(self.vit, state, f"tokenizer.checkpoint {config.checkpoint}",
+                        folder.architecture if folder else config.model)
         if config.layer is not None:  # keep blocks 1..k; no final norm, no head
             self.vit.prune_intermediate_layers([config.layer - 1], prune_norm=True)
         channels = self.vit.patch_embed.proj.in_channels
-        self.register_buffer("mean", channel_stat(config.mean, channels, "tokenizer.mean"),
-                             persistent=False)
-        self.register_buffer("std", channel_stat(config.std, channels, "tokenizer.std"),
-                             persistent=False)
+        for name in ("mean", "std"):
+            self.register_buffer(name, channel_stat(normalisation(config, folder, name), channels,
+                                                    f"tokenizer.{name}"), persistent=False)
         self.freeze()
 
     def forward(self, images: Tensor) -> Tokens:
@@ -148,9 +192,9 @@ class TimmTeacher(Tokenizer):
         return Tokens(tokens, cls)
 
 
-def _meta_vit(config: TimmTeacherConfig) -> VisionTransformer:
+def _meta_vit(config: TimmTeacherConfig, folder: TimmFolder | None) -> VisionTransformer:
     with torch.device("meta"):
-        return teacher_vit(config, num_classes=0, global_pool="")
+        return teacher_vit(config, folder, num_classes=0, global_pool="")
 
 
 def read_state_dict(path: Path) -> dict[str, Tensor]:

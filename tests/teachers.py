@@ -143,3 +143,42 @@ def write_vit_checkpoint(path: Path, model=None) -> Path:
     """Save a timm ViT's state dict (default: :func:`tiny_vit`)."""
     torch.save((model or tiny_vit()).state_dict(), path)
     return path
+
+
+#: The Hub name under which :func:`exported_run` caches its export.
+EXPORT_REPO = "arv/tiny-vit"
+
+
+def fake_hub_folder(cache: Path, repo_id: str, folder: Path) -> Path:
+    """Put every file of ``folder`` where ``huggingface_hub`` (offline) finds ``repo_id``'s files,
+    as a download would (``models--ORG--NAME/snapshots/REV``, ``refs/main``)."""
+    import shutil
+
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    revision = "0123456789abcdef0123456789abcdef01234567"
+    snapshot = repo / "snapshots" / revision
+    snapshot.mkdir(parents=True)
+    for path in folder.iterdir():
+        shutil.copy(path, snapshot / path.name)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(revision)
+    return snapshot
+
+
+def exported_run(root: Path, **encoder) -> dict:
+    """A 4-step pretraining of conftest's tiny recipe (``encoder`` keys merged), its ``arvision
+    export`` folder, and that folder in a Hub cache under :data:`EXPORT_REPO`: the checkpoint,
+    folder, cache and the encoder's timm weights."""
+    from arvision.checkpoint import load_checkpoint
+    from arvision.export import export_folder
+    from arvision.pretrain import train
+    from conftest import tiny_recipe
+
+    result = train(tiny_recipe(encoder=encoder), root / "run", "tiny.toml")
+    folder = export_folder(result.checkpoint, root / "export")
+    fake_hub_folder(root / "hub", EXPORT_REPO, folder)
+    weights = {key.removeprefix("encoder.vit."): value
+               for key, value in load_checkpoint(result.checkpoint)["model"].items()
+               if key.startswith("encoder.vit.")}
+    return {"checkpoint": result.checkpoint, "folder": folder, "cache": root / "hub",
+            "weights": weights}

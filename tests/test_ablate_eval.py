@@ -1,8 +1,11 @@
 """The evaluation protocol of ablations: hyperparameters chosen on held-out train data, never on
 the eval split; the random-init and raw-pixel baselines without a checkpoint."""
 
+import attrs
 import torch
 
+from arvision.ablate.backend import evaluate_checkpoint
+from arvision.ablate.protocol import EvalProtocol
 from arvision.evaluate import (
     attentive_probe,
     heldout_split,
@@ -100,3 +103,14 @@ def test_raw_pixel_probes_pool_flatten_and_probe():
     assert set(results) == {"linear", "knn"}  # no attentive probe on raw pixels
     assert results["knn"]["k"] in (1, 3) and results["linear"]["pixels"] == [192]
     assert results["linear"]["top1"] > 40  # 4 classes: chance is 25
+
+
+def test_the_protocols_attention_reaches_every_runs_probes(tmp_path):
+    """An ablation's ``[eval] attention`` decides how each run's encoder is read: the default
+    follows the run (a raster-trained encoder block-causally), an explicit mode overrides it."""
+    checkpoint = train(tiny_recipe(), tmp_path / "run", "tiny.toml").checkpoint
+    for attention, mode in (("as_trained", "causal"), ("bidirectional", "bidirectional")):
+        protocol = attrs.asdict(EvalProtocol(probes=("knn",), attention=attention, knn_ks=(1,)))
+        result = evaluate_checkpoint(checkpoint, protocol)["knn"]
+        assert (result["attention_requested"], result["attention"]) == (attention, mode)
+    assert EvalProtocol().attention == "as_trained"

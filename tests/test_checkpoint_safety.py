@@ -75,7 +75,9 @@ COMMANDS: dict[str, tuple[str, Callable[[Path, Path], list]]] = {
     "eval knn": ("ckpt.pt", lambda tmp, ckpt: ["eval", "knn", ckpt]),
     "eval attentive": ("ckpt.pt", lambda tmp, ckpt: ["eval", "attentive", ckpt]),
     "eval finetune": ("ckpt.pt", lambda tmp, ckpt: ["eval", "finetune", ckpt]),
-    "export": ("ckpt.pt", lambda tmp, ckpt: ["export", ckpt, "--timm", tmp / "vit.pth"]),
+    "export": ("ckpt.pt", lambda tmp, ckpt: ["export", ckpt, tmp / "vit"]),
+    "export --format state-dict": ("ckpt.pt", lambda tmp, ckpt: [
+        "export", ckpt, tmp / "vit.pth", "--format", "state-dict"]),
     "convert digpt-official": ("checkpoint-299.pth", lambda tmp, ckpt: [
         "convert", "digpt-official", ckpt, tmp / "out.pt", "--recipe",
         write_recipe(tmp / "tiny.toml", TINY)]),

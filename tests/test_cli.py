@@ -14,6 +14,8 @@ HELP = {
                "RECIPE", "--set", "--out"],
     ("check",): ["Validate RECIPE", "meta device", "FLOPs", "fine-tuning", "--set", "--json"],
     ("eval", "finetune"): ["Full fine-tuning", "Layer-wise lr decay", "--recipe", "--set", "--out"],
+    ("export",): ["Write the encoder of CKPT", 'local-dir:OUT", pretrained=True', "hf-hub:ORG/NAME",
+                  "--format", "--push", "--weights"],
     ("plugins",): ["List every plugin", "ARVISION_DISABLE_PLUGIN_AUTOLOAD", "ARVISION_BLOCK_PLUGINS",
                    "--json"],
     ("tokenizer", "fit-palette"): ["k-means colour palette", "--source", "--colors", "--size",

@@ -38,12 +38,21 @@ EXAMPLES = {
     ("tokenizer", "timm"): lambda tmp: {"tokenizer": {  # teacher grid 8x8: predictions resampled
         "name": "timm", **TINY_VIT, "checkpoint": str(write_vit_checkpoint(tmp / "vit.pt")),
         "size": 64}},
+    ("tokenizer", "student"): lambda tmp: {"tokenizer": {"name": "student"},
+                                           "target": {"name": "cosine"}},
     ("ordering", "raster"): lambda tmp: {"ordering": {"name": "raster"}},
     ("ordering", "random"): lambda tmp: {"ordering": {"name": "random"}},
     ("ordering", "segments"): lambda tmp: {"ordering": {"name": "segments", "rows": 2, "cols": 1}},
     ("ordering", "random_segments"): lambda tmp: {"ordering": {"name": "random_segments"}},
+    ("ordering", "spiral"): lambda tmp: {"ordering": {"name": "spiral"}},
+    ("ordering", "checkerboard"): lambda tmp: {"ordering": {"name": "checkerboard"}},
+    ("ordering", "reverse_raster"): lambda tmp: {"ordering": {"name": "reverse_raster"}},
+    ("ordering", "fixed_random"): lambda tmp: {"ordering": {"name": "fixed_random", "seed": 3}},
+    ("ordering", "clusters"): lambda tmp: {"ordering": {"name": "clusters", "size": 2}},
     ("target", "cosine"): lambda tmp: {"target": {"name": "cosine"}},
     ("decoder", "linear"): lambda tmp: {"decoders": [{"name": "linear", "predicts": "visible"}]},
+    ("decoder", "mlp"): lambda tmp: {  # with a CLS target (the timm teacher's class token)
+        **EXAMPLES["tokenizer", "timm"](tmp), "decoders": [{"name": "mlp", "dim": 24, "depth": 2}]},
     ("decoder", "transformer"): lambda tmp: {
         "ordering": {"name": "random_segments"}, "target": {"name": "cosine"},
         "decoders": [{"name": "transformer", "predicts": predicts, "dim": 16, "depth": 2,

@@ -24,15 +24,13 @@ from torch import Tensor, nn
 
 from arvision import hookimpl
 from arvision.build import build_model, resolve
-from arvision.checkpoint import load_checkpoint, save_checkpoint
+from arvision.checkpoint import load_checkpoint
 from arvision.components import Tokenizer, Tokens, TokenSpec
 from arvision.convert import convert_digpt_official
 from arvision.errors import CheckpointError, RecipeError
-from arvision.export import export_timm
 from arvision.plugins import get_plugins, load_plugins
-from arvision.pretrain import train
-from arvision.recipe import recipe_to_dict, structure_recipe
-from conftest import run_cli, tiny_recipe
+from arvision.recipe import structure_recipe
+from conftest import run_cli
 
 IMAGENET = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
 GRID, TEACHER_GRID, TEACHER_DIM = 4, 8, 12  # student 32 px / patch 8; teacher 8x8 (resampled)
@@ -462,7 +460,8 @@ def test_cli_convert_writes_a_checkpoint_the_recipe_loads(tmp_path, capsys):
     recipe = structure_recipe(saved["recipe"], "saved", get_plugins())
     model = build_model(resolve(recipe), with_tokenizer=False)
     model.load_state_dict(saved["model"], strict=True)
-    code, stdout, err = run_cli(capsys, "export", out, "--timm", tmp_path / "encoder.pth")
+    code, stdout, err = run_cli(capsys, "export", out, tmp_path / "encoder.pth", "--format",
+                                "state-dict")
     assert code == 0, err
     vit = eval(stdout.strip().splitlines()[-1], {"timm": timm})  # loads strictly
     pos = saved["model"]["encoder.vit.pos_embed"]  # the reference's (MAE-layout) table
@@ -472,36 +471,3 @@ def test_cli_convert_writes_a_checkpoint_the_recipe_loads(tmp_path, capsys):
                            recipe_path, "--set", "encoder.taps=[2, 4, 6, 8]")
     assert code == 2 and "Traceback" not in err
     assert err.count("\n") == 1 and "encoder.taps" in err
-
-
-# --- timm export -------------------------------------------------------------------------------
-
-def test_export_loads_in_timm_with_the_same_features(tmp_path, capsys):
-    recipe = tiny_recipe(train={"steps": 2, "batch_size": 8, "precision": "fp32", "log_every": 1})
-    result = train(recipe, tmp_path / "run", source="tiny.toml")
-    out = tmp_path / "encoder.pth"
-    code, stdout, err = run_cli(capsys, "export", result.checkpoint, "--timm", out)
-    assert code == 0, err
-    call = stdout.strip().splitlines()[-1]
-    assert call == (f"timm.create_model('vit_tiny_patch16_224', pretrained=False, num_classes=0, "
-                    f"img_size=16, patch_size=4, embed_dim=32, depth=2, num_heads=2, in_chans=3, "
-                    f"class_token=True, checkpoint_path={str(out)!r})")
-    vit = eval(call, {"timm": timm}).eval()  # the printed call, as a user would paste it
-    timm.models.load_checkpoint(vit, str(out), strict=True)  # strict, explicitly
-    model = build_model(resolve(recipe)).eval()
-    model.load_state_dict(load_checkpoint(result.checkpoint)["model"], strict=True)
-    images = torch.randn(2, 3, 16, 16)
-    with torch.no_grad():
-        torch.testing.assert_close(vit.forward_features(images),
-                                   model.encoder.vit.forward_features(images), rtol=0, atol=0)
-
-
-def test_export_of_a_tokens_stem_is_one_line(tmp_path, capsys):
-    recipe = tiny_recipe(tokenizer={"name": "palette", "path": "palette.json", "num_colors": 8,
-                                    "size": 6}, target={"name": "ce"}, encoder={"stem": "tokens"})
-    path = tmp_path / "tokens.pt"
-    save_checkpoint(path, {"model": {}, "step": 0, "recipe": recipe_to_dict(recipe)})
-    one_line_error(CheckpointError, r"stem = 'tokens'", lambda: export_timm(path, tmp_path / "x.pth"))
-    code, _, err = run_cli(capsys, "export", path, "--timm", tmp_path / "x.pth")
-    assert code == 2 and err.count("\n") == 1 and "stem = 'tokens'" in err
-    assert not (tmp_path / "x.pth").exists()

@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 
 from arvision.build import resolve
 from arvision.cli import main
@@ -74,7 +75,8 @@ def test_segments_that_do_not_divide_a_grid_are_a_recipe_error(rows, message):
 def test_finetune_recipes_follow_the_protocol_and_fit_their_pretraining(
         capsys, name, pretraining, depth, epochs, layer_decay, drop_path):
     from arvision.finetune import load_finetune_recipe
-    from arvision.finetune.model import check_same_encoder
+    from arvision.finetune.model import create_classifier
+    from arvision.model.pretrained import check_fits, recipe_encoder
 
     path = REPO / "recipes" / f"{name}.toml"
     recipe = load_finetune_recipe(path)
@@ -86,7 +88,11 @@ def test_finetune_recipes_follow_the_protocol_and_fit_their_pretraining(
     assert tune.auto_augment == "rand-m9-mstd0.5-inc1" and tune.global_pool == "avg"
     assert (train.warmup_epochs, train.base_lr, train.weight_decay) == (5, 1e-4, 0.05)
     pretrain = load_recipe(REPO / "recipes" / f"{pretraining}.toml", plugins=get_plugins())
-    check_same_encoder(recipe, pretrain, path, str(path))  # raises on any differing key
+    with torch.device("meta"):
+        classifier = create_classifier(recipe, 1000, str(path))
+    # raises on any differing key
+    check_fits(recipe_encoder(pretrain, tune.checkpoint), recipe.encoder, classifier, str(path),
+               "finetune.checkpoint")
     with pytest.raises(SystemExit) as exit_info:
         main(["check", str(path), "--json"])
     assert exit_info.value.code == 0

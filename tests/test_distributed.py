@@ -16,10 +16,10 @@ from conftest import tiny_data
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
 
 
-def recipe(tmp_path, ordering: str = "segments", **train) -> str:
+def recipe(tmp_path, ordering: str = "segments", prefix_attention: bool = False, **train) -> str:
     layout = {} if ordering in ("raster", "random") else {"rows": 2, "cols": 2}
     data = tiny_data(
-        ordering={"name": ordering, **layout},
+        ordering={"name": ordering, **layout, "prefix_attention": prefix_attention},
         decoders=[{"name": "transformer", "predicts": "next", "dim": 16, "depth": 1, "num_heads": 2},
                   {"name": "linear", "predicts": "visible"}],
         train={"batch_size": 16, "steps": 6, "base_lr": 0.05, "log_every": 1, **train},
@@ -48,14 +48,15 @@ def losses(out):
             for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
-@pytest.mark.parametrize(("strategy", "ordering"), [
-    ("ddp", "segments"), ("fsdp", "segments"), ("ddp", "random_segments"),
-    ("fsdp", "random_segments"), ("ddp", "random"),
+@pytest.mark.parametrize(("strategy", "ordering", "prefix"), [
+    ("ddp", "segments", False), ("fsdp", "segments", False), ("ddp", "random_segments", False),
+    ("fsdp", "random_segments", False), ("ddp", "random", False), ("ddp", "random", True),
 ])
-def test_two_ranks_of_b_match_one_rank_of_2b(tmp_path, strategy, ordering):
-    """Each sample's segment order is drawn from its own seed, so random orders too give the same
-    run on any number of ranks."""
-    path = recipe(tmp_path, ordering, strategy=strategy)
+def test_two_ranks_of_b_match_one_rank_of_2b(tmp_path, strategy, ordering, prefix):
+    """Each sample's segment order (and prefix length) is drawn from its own seed, and a prefix
+    loss is divided by a constant, so random orders and prefixes too give the same run on any
+    number of ranks."""
+    path = recipe(tmp_path, ordering, prefix, strategy=strategy)
     run(path, tmp_path / "one", 1)
     two = run(path, tmp_path / "two", 2)
     assert two.stdout.count("trained to step 6") == 1  # only rank 0 reports

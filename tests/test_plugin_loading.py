@@ -96,15 +96,15 @@ def test_arvision_package_never_imports_the_builtin_plugins():
 
 
 @attrs.frozen
-class SpiralConfig:
-    turns: int = setting(1, "turns of the spiral", validator=check(lambda v: v > 0, "a number > 0"))
+class ZigzagConfig:
+    turns: int = setting(1, "turns of the zigzag", validator=check(lambda v: v > 0, "a number > 0"))
     clockwise: bool = setting(True, "direction")
 
 
-class SpiralPlugin:
+class ZigzagPlugin:
     @arvision.hookimpl
     def register_orderings(self, register):
-        register("spiral", object, SpiralConfig)
+        register("zigzag", object, ZigzagConfig)
 
 
 @attrs.frozen
@@ -119,30 +119,30 @@ def _register_half_target(register):
 
 def test_inline_plugins_add_components_a_recipe_can_name():
     half = SimpleNamespace(register_targets=_register_half_target)
-    plugins = load_plugins(autoload=False, extra={"spiral": SpiralPlugin(), "half": half})
+    plugins = load_plugins(autoload=False, extra={"zigzag": ZigzagPlugin(), "half": half})
     assert_builtins_registered(plugins)
     infos = {info.name: info for info in plugins.infos}
-    assert infos["spiral"] == PluginInfo("spiral", None, None, {"ordering": ["spiral"]})
+    assert infos["zigzag"] == PluginInfo("zigzag", None, None, {"ordering": ["zigzag"]})
     assert infos["half"].registers == {"target": ["half"]}
-    assert plugins.get("ordering", "spiral").plugin == "spiral"
+    assert plugins.get("ordering", "zigzag").plugin == "zigzag"
 
-    data = tiny_data(ordering={"name": "spiral", "turns": 3}, target={"name": "half"})
+    data = tiny_data(ordering={"name": "zigzag", "turns": 3}, target={"name": "half"})
     recipe = structure_recipe(data, "x.toml", plugins)
-    assert type(recipe.ordering.config) is SpiralConfig
-    assert recipe.ordering.config == SpiralConfig(turns=3, clockwise=True)
+    assert type(recipe.ordering.config) is ZigzagConfig
+    assert recipe.ordering.config == ZigzagConfig(turns=3, clockwise=True)
     assert type(recipe.target.config) is HalfConfig
     assert recipe.target.config.factor == 0.5
 
 
 @pytest.mark.parametrize(("table", "message"), [
-    ({"name": "spiral", "turns": 0}, "x.toml: ordering.turns: expected a number > 0, got 0"),
-    ({"name": "spiral", "turns": "3"}, "x.toml: ordering.turns: expected int, got '3'"),
-    ({"name": "spiral", "speed": 2}, "x.toml: ordering.speed: unknown key (expected one of: turns, "
+    ({"name": "zigzag", "turns": 0}, "x.toml: ordering.turns: expected a number > 0, got 0"),
+    ({"name": "zigzag", "turns": "3"}, "x.toml: ordering.turns: expected int, got '3'"),
+    ({"name": "zigzag", "speed": 2}, "x.toml: ordering.speed: unknown key (expected one of: turns, "
                                      "clockwise)"),
-    ({"name": "spirl"}, "x.toml: ordering.name: unknown ordering 'spirl' (did you mean 'spiral'?"),
+    ({"name": "zigzg"}, "x.toml: ordering.name: unknown ordering 'zigzg' (did you mean 'zigzag'?"),
 ])
 def test_inline_plugins_table_is_validated_by_its_own_class(table, message):
-    plugins = load_plugins(autoload=False, extra={"spiral": SpiralPlugin()})
+    plugins = load_plugins(autoload=False, extra={"zigzag": ZigzagPlugin()})
     with pytest.raises(RecipeError) as exc:
         structure_recipe(tiny_data(ordering=table), "x.toml", plugins)
     assert str(exc.value).startswith(message), str(exc.value)
@@ -150,11 +150,11 @@ def test_inline_plugins_table_is_validated_by_its_own_class(table, message):
 
 
 def test_a_fresh_manager_does_not_see_another_ones_inline_plugins():
-    load_plugins(autoload=False, extra={"spiral": SpiralPlugin()})
+    load_plugins(autoload=False, extra={"zigzag": ZigzagPlugin()})
     plugins = load_plugins(autoload=False)
-    assert "spiral" not in plugins.registry("ordering")
-    with pytest.raises(RecipeError, match=r"ordering\.name: unknown ordering 'spiral'"):
-        structure_recipe(tiny_data(ordering={"name": "spiral"}), "x.toml", plugins)
+    assert "zigzag" not in plugins.registry("ordering")
+    with pytest.raises(RecipeError, match=r"ordering\.name: unknown ordering 'zigzag'"):
+        structure_recipe(tiny_data(ordering={"name": "zigzag"}), "x.toml", plugins)
 
 
 # ---------------------------------------------------------------- (c) clashes
@@ -162,9 +162,9 @@ def test_a_fresh_manager_does_not_see_another_ones_inline_plugins():
 
 def test_two_plugins_registering_one_name_is_an_error_naming_both():
     first = SimpleNamespace(register_orderings=arvision.hookimpl(
-        lambda register: register("zigzag", object, SpiralConfig)))
+        lambda register: register("zigzag", object, ZigzagConfig)))
     second = SimpleNamespace(register_orderings=arvision.hookimpl(
-        lambda register: register("zigzag", object, SpiralConfig)))
+        lambda register: register("zigzag", object, ZigzagConfig)))
     with pytest.raises(DuplicateComponentError) as exc:
         load_plugins(autoload=False, extra={"first_plugin": first, "second_plugin": second})
     message = str(exc.value)
@@ -344,12 +344,12 @@ def test_plugin_whose_register_hook_raises_is_reported_and_others_load():
         raise RuntimeError("cannot register: missing weights")
 
     bad = SimpleNamespace(register_targets=arvision.hookimpl(explode))
-    plugins = load_plugins(autoload=False, extra={"bad": bad, "spiral": SpiralPlugin()})
+    plugins = load_plugins(autoload=False, extra={"bad": bad, "zigzag": ZigzagPlugin()})
     infos = infos_by_name(plugins)
     assert infos["bad"].error == "RuntimeError: cannot register: missing weights"
     assert plugins.failures == [infos["bad"]]
-    assert infos["spiral"].error is None
-    assert "spiral" in plugins.registry("ordering")
+    assert infos["zigzag"].error is None
+    assert "zigzag" in plugins.registry("ordering")
     assert_builtins_registered(plugins)
 
 

@@ -1,4 +1,4 @@
-"""The template plugin (examples/arvision-spiral) installed and used exactly as a user would.
+"""The template plugin (examples/arvision-snake) installed and used exactly as a user would.
 
 One test builds a throwaway virtual environment, ``pip install``s the template into it (a real,
 non-editable install, offline) and drives ``python -m arvision`` there: the plugin is listed,
@@ -15,13 +15,13 @@ import sysconfig
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-TEMPLATE = Path(__file__).resolve().parents[1] / "examples" / "arvision-spiral"
+TEMPLATE = Path(__file__).resolve().parents[1] / "examples" / "arvision-snake"
 BUILTINS = {"decoders", "orderings", "pixels", "targets"}
 
 RECIPE = """\
-# aim_pixels_fmnist.toml shrunk to a smoke run, in the spiral order
+# aim_pixels_fmnist.toml shrunk to a smoke run, in the snake order
 [run]
-name = "spiral_smoke"
+name = "snake_smoke"
 
 [data]
 source = "synthetic"
@@ -40,7 +40,7 @@ name = "pixels"
 normalize = true
 
 [ordering]
-name = "spiral"
+name = "snake"
 
 [[decoders]]
 name = "linear"
@@ -96,7 +96,7 @@ def install_template(python: Path, tmp_path: Path) -> None:
 
     The copy keeps the build's leftovers (build/, *.egg-info) out of the repository.
     """
-    source = tmp_path / "arvision-spiral"
+    source = tmp_path / "arvision-snake"
     shutil.copytree(TEMPLATE, source,
                     ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__", ".pytest_cache"))
     _call(sys.executable, "-m", "pip", "--python", python, "install", "--no-deps", "--no-index",
@@ -111,8 +111,8 @@ def plugins_json(python: Path, **env: str) -> dict[str, dict]:
 def test_template_plugin_installs_and_runs(tmp_path: Path) -> None:
     python, site = make_venv(tmp_path / "venv")
     install_template(python, tmp_path)
-    assert (site / "arvision_spiral" / "__init__.py").is_file()  # a real install, not a link
-    recipe = tmp_path / "spiral.toml"
+    assert (site / "arvision_snake" / "__init__.py").is_file()  # a real install, not a link
+    recipe = tmp_path / "snake.toml"
     recipe.write_text(RECIPE)
     out = tmp_path / "run"
 
@@ -120,7 +120,7 @@ def test_template_plugin_installs_and_runs(tmp_path: Path) -> None:
     with ThreadPoolExecutor(max_workers=6) as pool:
         listed = pool.submit(plugins_json, python)
         no_autoload = pool.submit(plugins_json, python, ARVISION_DISABLE_PLUGIN_AUTOLOAD="1")
-        blocked = pool.submit(plugins_json, python, ARVISION_BLOCK_PLUGINS="spiral")
+        blocked = pool.submit(plugins_json, python, ARVISION_BLOCK_PLUGINS="snake")
         checked = pool.submit(_call, python, "-m", "arvision", "check", recipe, "--json")
         trained = pool.submit(_call, python, "-m", "arvision", "run", recipe,
                               "--set", "train.steps=2", "--out", out)
@@ -128,18 +128,18 @@ def test_template_plugin_installs_and_runs(tmp_path: Path) -> None:
                                 "-p", "no:cacheprovider", cwd=TEMPLATE.parents[1])
 
     plugins = listed.result()
-    assert plugins["spiral"] == {"name": "spiral", "distribution": "arvision-spiral",
-                                 "version": "0.1.0", "registers": {"ordering": ["spiral"]}}
+    assert plugins["snake"] == {"name": "snake", "distribution": "arvision-snake",
+                                "version": "0.1.0", "registers": {"ordering": ["snake"]}}
     assert plugins.keys() >= BUILTINS
     assert "raster" in plugins["orderings"]["registers"]["ordering"]
     for without in (no_autoload.result(), blocked.result()):
-        assert "spiral" not in without
+        assert "snake" not in without
         assert without.keys() >= BUILTINS
 
     summary = json.loads(checked.result().stdout)
-    assert summary["ordering"]["name"] == "spiral"
+    assert summary["ordering"]["name"] == "snake"
     assert summary["ordering"]["segments"] == 16  # (16 / 4)^2 tokens, one per segment
     assert "trained to step 2" in trained.result().stdout
     assert (out / "checkpoint.pt").is_file()
-    assert 'name = "spiral"' in (out / "recipe.toml").read_text()
+    assert 'name = "snake"' in (out / "recipe.toml").read_text()
     assert " passed" in own_tests.result().stdout

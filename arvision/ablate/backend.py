@@ -88,7 +88,8 @@ def _probe_options(protocol: dict[str, Any]) -> dict[str, Any]:
             "linear_weight_decays": protocol["linear_weight_decays"],
             "attentive_lrs": protocol["attentive_lrs"],
             "attentive_epochs": protocol["attentive_epochs"], "heldout": protocol["heldout"],
-            "batch_size": protocol["batch_size"], "device": protocol["device"]}
+            "batch_size": protocol["batch_size"], "device": protocol["device"],
+            "attention": protocol["attention"]}
 
 
 def evaluate_checkpoint(checkpoint: Path, protocol: dict[str, Any]) -> dict[str, dict[str, Any]]:

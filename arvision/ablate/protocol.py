@@ -26,6 +26,10 @@ class EvalProtocol:
         ("linear", "knn"), "probes on the frozen encoder", validator=check(bool, "at least one probe"))
     blocks: tuple[int, ...] = setting((), "1-based blocks whose features are averaged (default: "
                                       "the middle block of each run's encoder)")
+    attention: Literal["bidirectional", "causal", "as_trained"] = setting(
+        "as_trained", "how each run's frozen encoder attends while its features are extracted "
+        "(eval.attention of a recipe: 'as_trained' follows each variant's own ordering and "
+        "prefix attention)")
     limit: int | None = setting(None, "train images for the probes (default: all)",
                                 validator=positive)
     eval_limit: int | None = setting(None, "eval images (default: all)", validator=positive)

@@ -152,7 +152,8 @@ def _markdown(tables: Tables, info: dict[str, Any], report_dir: Path) -> str:
         f"- protocol: {_protocol(plan)}", "",
         "## Variants", "",
         "Mean over seeds with a 95% bootstrap interval [low, high]"
-        f"{_few_seeds(len(plan.ablation.config.seeds))}; **bold**: the best mean of each column. Δ: difference to `{plan.ablation.reference}`, paired by seed. Losses of "
+        f"{_few_seeds(len(plan.ablation.config.seeds))}; **bold**: the best mean of each column. "
+        f"Δ: difference to `{plan.ablation.reference}`, paired by seed. Losses of "
         "different objectives (targets, decoders) are not comparable. Train time: steps x median "
         "step time. The hyperparameters each probe chose are in results.csv (linear_lr, "
         "linear_weight_decay, knn_k).", "",

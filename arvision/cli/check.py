@@ -68,7 +68,8 @@ def check(
     table.add_row("ordering", f"{order['name']}: {order['segments']} segments "
                   f"({order['layout'][0]}x{order['layout'][1]}), "
                   f"{order['student_tokens_per_segment']} student / "
-                  f"{order['target_tokens_per_segment']} target tokens each")
+                  f"{order['target_tokens_per_segment']} target tokens each"
+                  f"{', prefix attention' if order.get('prefix_attention') else ''}")
     table.add_row("encoder tokens", str(summary["encoder_tokens"]))
     table.add_row("targets", f"{summary['targets_per_decoder']} per decoder per image")
     for dec in summary["decoders"]:

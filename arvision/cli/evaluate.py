@@ -2,6 +2,7 @@
 
 import json
 import sys
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,8 @@ __all__ = ["eval_app"]
 HELP = """Evaluate a checkpoint's encoder: linear probe, k-NN, attentive probe, full fine-tuning.
 
 The probes read frozen features: the average-pooled, layer-normed patch tokens of the chosen
-blocks (default: the middle block), computed with full bidirectional attention (no causal mask) on
+blocks (default: the middle block), computed with the attention --attention names (default: the
+recipe's eval.attention, 'as_trained': bidirectional after prefix attention, else block-causal) on
 the recipe's data (data.split to train, data.eval_split to score), plainly resized. They are
 cached under RUN_DIR/features/, so a second probe reuses them. `finetune` trains the whole encoder
 as a classifier. Results (accuracies in percent) are merged into RUN_DIR/eval.json, where RUN_DIR
@@ -33,6 +35,18 @@ RandomInit = typer.Option(False, "--random-init", help="Probe the same encoder a
 Device = typer.Option("auto", "--device", help="'auto', 'cpu', 'cuda' or 'cuda:N'.")
 BatchSize = typer.Option(256, "--batch-size", min=1, help="Images per forward pass.")
 AsJson = typer.Option(False, "--json", help="Print the results as JSON.")
+
+
+class AttentionMode(StrEnum):
+    bidirectional = "bidirectional"
+    causal = "causal"
+    as_trained = "as_trained"
+
+
+Attention = typer.Option(None, "--attention", show_default=False,
+                         help="How the encoder attends while features are extracted: "
+                         "'bidirectional' (no mask), 'causal' (block-causal, raster order), "
+                         "'as_trained' (default: the recipe's eval.attention).")
 Out = typer.Option(None, "--out", "-o", help="Run directory for eval.json and the feature cache "
                    "(default: the checkpoint's directory).")
 
@@ -67,7 +81,8 @@ def _report(results: dict[str, dict[str, Any]], as_json: bool) -> None:
 
     first = next(iter(results.values()))
     weights = "random init" if first["random_init"] else f"step {first['step']}"
-    table = Table(title=f"{first['checkpoint']} ({weights}), blocks {first['blocks']}: "
+    table = Table(title=f"{first['checkpoint']} ({weights}), blocks {first['blocks']}, "
+                  f"{first['attention']} attention: "
                   f"{first['train_images']} {first['train_split']} -> {first['eval_images']} "
                   f"{first['eval_split']} images", title_justify="left")
     for column in ("probe", "top-1 %", "top-5 %", "settings", "seconds"):
@@ -81,7 +96,8 @@ def _report(results: dict[str, dict[str, Any]], as_json: bool) -> None:
 
 def _run(probe: str, checkpoint: Path, blocks: str | None, limit: int | None,
          eval_limit: int | None, random_init: bool, device: str, batch_size: int,
-         out: Path | None, as_json: bool, **options: Any) -> None:
+         out: Path | None, as_json: bool, attention: AttentionMode | None = None,
+         **options: Any) -> None:
     from ..evaluate import run_probes  # heavy imports (torch, timm) only when a command runs
 
     def log(message: str) -> None:
@@ -89,21 +105,22 @@ def _run(probe: str, checkpoint: Path, blocks: str | None, limit: int | None,
 
     results = run_probes(checkpoint, (probe,), blocks=_blocks(blocks), limit=limit,
                          eval_limit=eval_limit, random_init=random_init, device=device,
-                         batch_size=batch_size, out_dir=out, log=log, **options)
+                         batch_size=batch_size, out_dir=out, log=log,
+                         attention=attention.value if attention else None, **options)
     _report(results, as_json)
 
 
 def linear(checkpoint: Path = Checkpoint, blocks: str | None = Blocks, limit: int | None = Limit,
            eval_limit: int | None = EvalLimit, random_init: bool = RandomInit,
            device: str = Device, batch_size: int = BatchSize, out: Path | None = Out,
-           as_json: bool = AsJson) -> None:
+           as_json: bool = AsJson, attention: AttentionMode | None = Attention) -> None:
     """Linear probe: a linear classifier on whitened pooled features.
 
     lr x weight decay (3x3 grid) is chosen by top-1 on a 10% held-out part of the train split;
     the probe is then retrained on all of it and scored on the eval split (top-1, top-5).
     """
     _run("linear", checkpoint, blocks, limit, eval_limit, random_init, device, batch_size, out,
-         as_json)
+         as_json, attention)
 
 
 def knn(checkpoint: Path = Checkpoint, blocks: str | None = Blocks, limit: int | None = Limit,
@@ -112,10 +129,10 @@ def knn(checkpoint: Path = Checkpoint, blocks: str | None = Blocks, limit: int |
         temperature: float = typer.Option(0.07, "--temperature", min=1e-6,
                                           help="Vote weight exp(cosine / T)."),
         device: str = Device, batch_size: int = BatchSize, out: Path | None = Out,
-        as_json: bool = AsJson) -> None:
+        as_json: bool = AsJson, attention: AttentionMode | None = Attention) -> None:
     """k-NN: cosine similarity of L2-normalised pooled features, weighted votes as in DINO."""
     _run("knn", checkpoint, blocks, limit, eval_limit, random_init, device, batch_size, out,
-         as_json, k=k, temperature=temperature)
+         as_json, attention, k=k, temperature=temperature)
 
 
 def attentive(checkpoint: Path = Checkpoint, blocks: str | None = Blocks,
@@ -124,14 +141,15 @@ def attentive(checkpoint: Path = Checkpoint, blocks: str | None = Blocks,
               epochs: int = typer.Option(10, "--epochs", min=1, help="Training epochs."),
               lr: float = typer.Option(1e-2, "--lr", min=0.0, help="AdamW learning rate."),
               device: str = Device, batch_size: int = BatchSize, out: Path | None = Out,
-              as_json: bool = AsJson) -> None:
+              as_json: bool = AsJson, attention: AttentionMode | None = Attention) -> None:
     """Attentive probe (AIM): one learned query cross-attends over the frozen patch tokens.
 
     BatchNorm without affine on the tokens, multi-head cross-attention (the encoder's head
-    count), a linear head; AdamW with a cosine schedule on cached token features.
+    count), a linear head; AdamW with a cosine schedule on cached token features. The tokens are
+    those of the chosen blocks (--blocks: one block, or middle blocks averaged, as Toto probes).
     """
     _run("attentive", checkpoint, blocks, limit, eval_limit, random_init, device, batch_size, out,
-         as_json, attentive_epochs=epochs, attentive_lr=lr)
+         as_json, attention, attentive_epochs=epochs, attentive_lr=lr)
 
 
 def finetune(checkpoint: Path = Checkpoint,

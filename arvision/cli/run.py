@@ -18,8 +18,9 @@ def run(
 ) -> None:
     """Pretrain (or fine-tune) as RECIPE says; under torchrun, on every process it starts.
 
-    Writes the resolved recipe (recipe.toml), metrics.jsonl, TensorBoard curves, step checkpoints
-    (checkpoints/) and checkpoint.pt to the output directory. Run it again with the same output
+    Writes the resolved recipe (recipe.toml), metrics.jsonl, TensorBoard curves (and MLflow or
+    W&B runs: [log] trackers), step checkpoints (checkpoints/) and checkpoint.pt to the output
+    directory. Run it again with the same output
     directory and it continues exactly where the newest checkpoint left off. A recipe with a
     [finetune] table fine-tunes a classifier instead, scores it on data.eval_split and writes
     eval.json and classifier_timm.pt (docs/evaluation.md).
@@ -43,17 +44,25 @@ def run(
 
         report_finetune(finetune(loaded, out_dir, source=str(recipe)))
         return
+    from ..engine import MetricLog, result_metrics
     from ..pretrain import train
 
-    result = train(loaded, out_dir, source=str(recipe))
-    if not result.main:
-        return
-    report_training(result)
-    if loaded.eval is not None:
-        from ..evaluate.report import evaluate_run, print_comparison
+    log = MetricLog(out_dir, loaded)  # its trackers stay open for the evaluation's results
+    ok = False
+    try:
+        result = train(loaded, out_dir, source=str(recipe), log=log)
+        if result.main:
+            report_training(result)
+        if result.main and loaded.eval is not None:
+            from ..evaluate.report import evaluate_run, print_comparison
 
-        print_comparison(evaluate_run(result.checkpoint, loaded.eval))
-        typer.echo(f"results: {result.checkpoint.parent / 'results.json'}")
+            summary = evaluate_run(result.checkpoint, loaded.eval)
+            log.log_results(result_metrics(summary, "eval"))
+            print_comparison(summary)
+            typer.echo(f"results: {result.checkpoint.parent / 'results.json'}")
+        ok = True
+    finally:
+        log.close(ok)
 
 
 def report_training(result) -> None:

@@ -1,10 +1,11 @@
 """Running a Trainer to its last step: resume from the newest checkpoint, log, save, keep the last
 good ones, and name the final checkpoint.
 
-A run's output directory holds ``recipe.toml``, ``metrics.jsonl``, ``tensorboard/``,
-``checkpoints/step_*.pt`` and ``checkpoint.pt`` (another name of the last step's file). Running the
-same recipe on the same directory continues where the newest checkpoint left off; a recipe that
-differs in what it trains (anything but :data:`RESUMABLE_CHANGES`) is refused.
+A run's output directory holds ``recipe.toml``, ``metrics.jsonl``, ``tensorboard/`` (and what
+other trackers keep: ``trackers.json``, ``wandb/``), ``checkpoints/step_*.pt`` and
+``checkpoint.pt`` (another name of the last step's file). Running the same recipe on the same
+directory continues where the newest checkpoint left off; a recipe that differs in what it trains
+(anything but :data:`RESUMABLE_CHANGES`) is refused.
 """
 
 import os
@@ -36,7 +37,7 @@ class TrainResult:
 #: Recipe keys a resumed run may change: how long it runs and how it reports, not what it trains.
 RESUMABLE_CHANGES = ("train.steps", "train.epochs", "train.checkpoint_every", "train.log_every",
                      "train.keep_checkpoints", "data.num_workers", "data.eval_split", "run.out_dir",
-                     "eval.")  # a key ending in "." covers its whole table
+                     "eval.", "log.")  # a key ending in "." covers its whole table
 
 
 def _flat(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -75,8 +76,12 @@ def _link_final(step_file: Path, final: Path) -> None:
     os.replace(partial, final)
 
 
-def fit(trainer: Trainer) -> TrainResult:
-    """Run ``trainer`` to its last step, resuming from the newest checkpoint in its ``out_dir``."""
+def fit(trainer: Trainer, log: MetricLog | None = None) -> TrainResult:
+    """Run ``trainer`` to its last step, resuming from the newest checkpoint in its ``out_dir``.
+
+    ``log``: where rank 0 logs (its trackers stay open for results logged after training; the
+    caller closes it); by default one that is closed when training ends.
+    """
     config, ranks, out_dir = trainer.config, trainer.ranks, trainer.out_dir
     directory = out_dir / "checkpoints"
     saved = saved_steps(directory)
@@ -90,9 +95,12 @@ def fit(trainer: Trainer) -> TrainResult:
     elif ranks.main:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "recipe.toml").write_text(tomli_w.dumps(recipe_to_dict(trainer.recipe)))
-    log = MetricLog(out_dir, trainer.total_steps) if ranks.main else None
-    losses = []
+    own = log is None
+    log = (log or MetricLog(out_dir, trainer.recipe)) if ranks.main else None
+    losses, ok = [], False
     try:
+        if log is not None:
+            log.start(trainer.total_steps)
         while trainer.step < trainer.total_steps:
             metrics = trainer.train_step()
             losses.append(metrics["loss"])
@@ -104,9 +112,12 @@ def fit(trainer: Trainer) -> TrainResult:
                 trainer.save(step_path(directory, step))
                 if ranks.main:
                     prune(directory, config.keep_checkpoints)
+        ok = True
     finally:
-        if log is not None:
-            log.close()
+        if log is not None and (own or not ok):
+            log.close(ok)
+        elif log is not None:
+            log.stop()  # the caller logs its results, then closes it
     final = step_path(directory, trainer.step)
     if not final.exists():
         trainer.save(final)

@@ -2,6 +2,7 @@
 autocast precision, and regional compilation."""
 
 import contextlib
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -14,6 +15,11 @@ from ..recipe.schema import TrainConfig
 
 __all__ = ["AUTOCAST_DTYPES", "ParamGroups", "autocast", "compile_blocks", "make_optimizer",
            "make_scheduler"]
+
+# timm warns that the cosine has no effect when the warmup takes all but one step (short runs, a
+# fine-tuning shortened with --set train.epochs): the schedule is still what the recipe asks for.
+logging.getLogger("timm.scheduler.cosine_lr").addFilter(
+    lambda record: "will have no effect" not in record.getMessage())
 
 #: ``train.precision`` -> the autocast dtype (fp32: no autocast)
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}

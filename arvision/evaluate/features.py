@@ -1,7 +1,8 @@
 """Frozen features of a checkpoint's encoder, extracted once per (weights, blocks, split, limit).
 
     checkpoint --recipe--> model (state loaded strictly) --> encoder (eval, no grad)
-    images (plain resize, no crop, no flip) --Encoder.features(blocks), no mask--> block outputs
+    images (plain resize, no crop, no flip) --Encoder.features(blocks, mask of eval.attention)-->
+        block outputs                      (no mask: bidirectional; else block-causal, .attention)
     tokens  = mean over blocks of LayerNorm(output)[:, patch tokens]    (N, T, D)
     pooled  = tokens averaged over the T patch tokens (CLS excluded)     (N, D)
 
@@ -25,17 +26,18 @@ from torch.utils.data import DataLoader, Dataset
 from ..build import Blueprint, build_model, resolve
 from ..checkpoint import load_checkpoint, read_weights_only, save_atomic
 from ..components import Tokenizer
-from ..data.loader import Transformed
+from ..data.loader import Transformed, worker_count
 from ..data.sources import build_dataset
 from ..data.views import View, ViewAugment
 from ..engine import autocast
 from ..errors import CheckpointError, RecipeError
 from ..model import Encoder
 from ..plugins import Plugins, get_plugins
-from ..recipe import Recipe, structure_recipe
+from ..recipe import EvalConfig, Recipe, structure_recipe
+from .attention import ProbeAttention, probe_attention
 
 __all__ = ["Extractor", "Features", "LoadedEncoder", "default_blocks", "extract_features",
-           "load_encoder", "probe_dataset"]
+           "load_encoder", "probe_dataset", "resolve_attention"]
 
 CACHE_VERSION = 1  # bump when what a cache file holds changes
 Log = Callable[[str], None]
@@ -127,11 +129,23 @@ def probe_dataset(recipe: Recipe, split: str, limit: int | None, size: int) -> D
     return Transformed(build_dataset(data, split), resize)
 
 
+def resolve_attention(loaded: LoadedEncoder, attention: str | None = None) -> ProbeAttention:
+    """``attention`` (default: the checkpoint recipe's ``eval.attention``) for this encoder."""
+    recipe = loaded.recipe
+    requested = attention or (recipe.eval or EvalConfig()).attention
+    try:
+        return probe_attention(requested, loaded.blueprint.ordering,
+                               recipe.ordering.prefix_attention)
+    except ValueError as exc:
+        raise RecipeError(f"--attention: {exc}") from None
+
+
 class Extractor:
-    """Frozen encoder -> token features (B, T, D): the layer-normed, block-averaged patch tokens."""
+    """Frozen encoder -> token features (B, T, D): the layer-normed, block-averaged patch tokens,
+    the encoder attending as ``attention`` says (default: bidirectionally)."""
 
     def __init__(self, loaded: LoadedEncoder, blocks: Sequence[int], device: torch.device,
-                 precision: str) -> None:
+                 precision: str, attention: ProbeAttention | None = None) -> None:
         depth = loaded.encoder.depth
         if not blocks or any(not 1 <= block <= depth for block in blocks):
             raise RecipeError(f"--blocks: expected block numbers in 1..{depth}, got {list(blocks)}")
@@ -139,13 +153,16 @@ class Extractor:
         self.tokenizer = loaded.tokenizer.to(device) if loaded.tokenizer is not None else None
         self.blocks, self.device = tuple(blocks), device
         self.precision = "fp32" if precision == "fp16" and device.type != "cuda" else precision
+        self.attention = attention
+        self.mask = attention.mask(loaded.encoder.grid, loaded.encoder.num_prefix > 0, device) \
+            if attention is not None else None  # (1, 1, P+N, P+N) or None
 
     @torch.no_grad()
     def __call__(self, images: Tensor) -> Tensor:
         images = images.to(self.device)  # (B, C, H, W) in [0, 1]
         ids = self.tokenizer(images).tokens if self.tokenizer is not None else None  # (B, h, w)
         with autocast(self.device, self.precision):
-            outputs = self.encoder.features(images, self.blocks, ids)  # each (B, P + T, D)
+            outputs = self.encoder.features(images, self.blocks, ids, self.mask)  # (B, P + T, D)
         prefix = self.encoder.num_prefix
         normed = [F.layer_norm(out[:, prefix:].float(), out.shape[-1:]) for out in outputs]
         return torch.stack(normed).mean(0)  # (B, T, D)
@@ -154,12 +171,14 @@ class Extractor:
 @attrs.frozen
 class Features:
     """One split's features: ``pooled`` (N, D) float32, ``labels`` (N,), and the token features,
-    either cached (``tokens`` (N, T, D) bf16) or recomputed on demand (``stream``)."""
+    either cached (``tokens`` (N, T, D) bf16) or recomputed on demand (``stream``); ``attention``
+    says how the encoder attended."""
 
     pooled: Tensor
     labels: Tensor
     tokens: Tensor | None = None
     stream: Callable[[Tensor], Tensor] | None = None
+    attention: ProbeAttention | None = None
 
     def fetch_tokens(self, index: Tensor) -> Tensor:
         """Token features (b, T, D) float32 of the images at ``index`` (b,)."""
@@ -180,15 +199,20 @@ def _streamer(dataset: Dataset, extract: Extractor) -> Callable[[Tensor], Tensor
 def extract_features(loaded: LoadedEncoder, split: str, blocks: Sequence[int], limit: int | None,
                      cache_dir: Path | None, device: torch.device, precision: str = "bf16",
                      batch_size: int = 256, with_tokens: bool = False,
-                     max_token_bytes: int = 2 << 30, log: Log | None = None) -> Features:
-    """Features of ``split``, read from ``cache_dir`` when an earlier extraction left them there."""
+                     max_token_bytes: int = 2 << 30, log: Log | None = None,
+                     attention: str | None = None) -> Features:
+    """Features of ``split``, read from ``cache_dir`` when an earlier extraction left them there.
+
+    ``attention``: 'bidirectional', 'causal' or 'as_trained' (default: the recipe's
+    ``eval.attention``; see :mod:`.attention`)."""
     size = loaded.blueprint.image.size
+    how = resolve_attention(loaded, attention)
     key = hashlib.sha256(json.dumps([CACHE_VERSION, loaded.fingerprint, list(blocks), split, limit,
-                                     size, precision]).encode()).hexdigest()[:16]
+                                     size, precision, how.key]).encode()).hexdigest()[:16]
     pooled_path = cache_dir / f"{split}-{key}.pt" if cache_dir else None
     tokens_path = cache_dir / f"{split}-{key}-tokens.pt" if cache_dir else None
     dataset = probe_dataset(loaded.recipe, split, limit, size)
-    extract = Extractor(loaded, blocks, device, precision)
+    extract = Extractor(loaded, blocks, device, precision, how)
     grid, dim = loaded.encoder.grid, loaded.encoder.dim
     token_bytes = len(dataset) * grid[0] * grid[1] * dim * 2  # bf16
     keep_tokens = with_tokens and token_bytes <= max_token_bytes
@@ -198,23 +222,26 @@ def extract_features(loaded: LoadedEncoder, split: str, blocks: Sequence[int], l
         cached = read_weights_only(pooled_path, "feature cache")
         tokens = read_weights_only(tokens_path, "feature cache")["tokens"] if keep_tokens else None
         stream = _streamer(dataset, extract) if with_tokens and not keep_tokens else None
-        return Features(cached["pooled"], cached["labels"], tokens, stream)
+        return Features(cached["pooled"], cached["labels"], tokens, stream, how)
     if log:
-        log(f"extracting {split} features of {len(dataset)} images (blocks {list(blocks)})")
+        log(f"extracting {split} features of {len(dataset)} images (blocks {list(blocks)}, "
+            f"{how.mode} attention)")
     pooled, labels, tokens = _run(dataset, extract, batch_size, loaded.recipe.data.num_workers,
                                   keep_tokens)
     if pooled_path is not None and not have_pooled:
         save_atomic(pooled_path, {"pooled": pooled, "labels": labels, "blocks": list(blocks),
-                            "split": split, "fingerprint": loaded.fingerprint})
+                            "split": split, "fingerprint": loaded.fingerprint,
+                            "attention": how.key})
     if tokens_path is not None and keep_tokens:
         save_atomic(tokens_path, {"tokens": tokens})
     stream = _streamer(dataset, extract) if with_tokens and not keep_tokens else None
-    return Features(pooled, labels, tokens, stream)
+    return Features(pooled, labels, tokens, stream, how)
 
 
 def _run(dataset: Dataset, extract: Extractor, batch_size: int, workers: int, keep_tokens: bool
          ) -> tuple[Tensor, Tensor, Tensor | None]:
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False,
+                        num_workers=worker_count(workers))
     pooled, labels, tokens = [], [], []
     for images, targets in loader:
         feats = extract(images).cpu()  # (b, T, D)

@@ -22,7 +22,7 @@ def _accuracies(results: dict[str, dict[str, Any]]) -> dict[str, dict[str, float
 def evaluate_run(checkpoint: Path, config: EvalConfig) -> dict[str, Any]:
     """Run the recipe's probes; write and return ``results.json`` beside the checkpoint."""
     options = {"probes": config.probes, "blocks": config.blocks or None, "limit": config.limit,
-               "eval_limit": config.eval_limit}
+               "eval_limit": config.eval_limit, "attention": config.attention}
     summary: dict[str, Any] = {"pretrained": _accuracies(run_probes(checkpoint, **options))}
     if config.random_init:
         summary["random_init"] = _accuracies(run_probes(checkpoint, random_init=True, **options))

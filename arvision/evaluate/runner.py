@@ -63,8 +63,8 @@ def probe_encoder(loaded: LoadedEncoder, probes: Sequence[str], run_dir: Path, *
                   device: str = "auto", precision: str | None = None, batch_size: int = 256,
                   attentive_epochs: int = 10, attentive_lr: float = 1e-2,
                   attentive_lrs: Sequence[float] | None = None, heldout: float = 0.1,
-                  seed: int = 0, cache: bool = True, log: Log | None = None
-                  ) -> dict[str, dict[str, Any]]:
+                  seed: int = 0, cache: bool = True, log: Log | None = None,
+                  attention: str | None = None) -> dict[str, dict[str, Any]]:
     """Probe a loaded frozen encoder; ``{probe: result}`` (features cached in RUN_DIR/features).
 
     ``blocks``: 1-based blocks whose features are averaged (default: the middle block).
@@ -72,13 +72,16 @@ def probe_encoder(loaded: LoadedEncoder, probes: Sequence[str], run_dir: Path, *
     ``knn_ks`` / ``attentive_lrs``: candidates chosen on a seeded ``heldout`` part of train (the
     linear probe always sweeps ``linear_lrs`` x ``linear_weight_decays`` so).
     ``precision``: autocast for extraction (default: the recipe's ``train.precision``).
+    ``attention``: how the encoder attends, 'bidirectional', 'causal' or 'as_trained' (default:
+    the recipe's ``eval.attention``).
     """
     check_probes(probes)
     blocks = tuple(blocks) if blocks else default_blocks(loaded.encoder.depth)
     data = loaded.recipe.data
     options = {"blocks": blocks, "cache_dir": run_dir / "features" if cache else None,
                "device": _device(device), "precision": precision or loaded.recipe.train.precision,
-               "batch_size": batch_size, "with_tokens": "attentive" in probes, "log": log}
+               "batch_size": batch_size, "with_tokens": "attentive" in probes, "log": log,
+               "attention": attention}
     started = time.perf_counter()
     train = extract_features(loaded, data.split, limit=limit, **options)
     evals = extract_features(loaded, data.eval_split, limit=eval_limit, **options)
@@ -86,6 +89,7 @@ def probe_encoder(loaded: LoadedEncoder, probes: Sequence[str], run_dir: Path, *
               "train_images": len(train.labels), "eval_images": len(evals.labels),
               "checkpoint": str(loaded.checkpoint), "step": loaded.step,
               "random_init": loaded.random_init,
+              "attention": train.attention.mode, "attention_requested": train.attention.requested,
               "features_seconds": round(time.perf_counter() - started, 2)}
     results = {}
     for probe in probes:

@@ -8,28 +8,20 @@ of a pretraining checkpoint (or from scratch), and its loss.
            label-smoothed hard labels
 """
 
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from timm.layers import resample_abs_pos_embed
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 
-from ..checkpoint import load_checkpoint
-from ..errors import CheckpointError, RecipeError
-from ..export import timm_arguments
+from ..errors import RecipeError
 from ..model import ModelOutput, create_vit
-from ..plugins import get_plugins
-from ..recipe import structure_recipe
+from ..model.pretrained import check_fits, load_into, read_pretrained_encoder, timm_arguments
 from .recipe import FinetuneRecipe
 
-__all__ = ["Classifier", "check_same_encoder", "create_classifier", "load_pretrained_encoder"]
+__all__ = ["Classifier", "create_classifier", "load_pretrained_encoder"]
 
-#: Encoder settings that must agree between a pretraining checkpoint and its fine-tuning recipe
-#: (img_size may differ: the position embedding is resampled).
-SHAPE_KEYS = ("patch_size", "embed_dim", "depth", "num_heads", "in_chans", "class_token")
 HEAD_KEYS = ("head.", "fc_norm.")  # new in the classifier: never in a pretraining checkpoint
 
 
@@ -65,63 +57,22 @@ def create_classifier(recipe: FinetuneRecipe, num_classes: int, source: str) -> 
         raise RecipeError(f"{source}: {exc}") from None
 
 
-def _encoder_state(path: Path, state: dict[str, Any], weights: str) -> dict[str, Tensor]:
-    """The timm ViT weights of a pretraining checkpoint's encoder (``model`` or ``ema``)."""
-    if weights == "ema":
-        if not isinstance(state.get("ema"), dict):
-            raise CheckpointError(f"{path}: finetune.weights = 'ema' but the run kept no EMA "
-                                  "(its train.ema was unset)")
-        return {key.removeprefix("vit."): value for key, value in state["ema"].items()
-                if key.startswith("vit.")}
-    return {key.removeprefix("encoder.vit."): value for key, value in state["model"].items()
-            if key.startswith("encoder.vit.")}
-
-
-def check_same_encoder(recipe: FinetuneRecipe, pretrain_recipe: Any, path: Path,
-                        source: str) -> None:
-    ours, theirs = timm_arguments(recipe), timm_arguments(pretrain_recipe)
-    differing = [(key, ours.get(key), theirs.get(key)) for key in SHAPE_KEYS
-                 if ours.get(key) != theirs.get(key)]
-    for key in ("name", "mean", "std", "stem"):
-        mine, saved = getattr(recipe.encoder, key), getattr(pretrain_recipe.encoder, key)
-        if mine != saved:
-            differing.append((key, mine, saved))
-    if differing:
-        key, mine, saved = differing[0]
-        raise RecipeError(f"{source}: encoder.{key}: {mine!r} does not match the encoder of {path} "
-                          f"({saved!r})")
-
-
 def load_pretrained_encoder(vit: VisionTransformer, recipe: FinetuneRecipe, source: str
                             ) -> dict[str, Any]:
     """Load ``finetune.checkpoint``'s encoder into ``vit`` (head and fc_norm stay new).
 
-    The checkpoint's recipe must describe the same encoder (a one-line RecipeError names the first
-    key that differs); a different ``img_size`` resamples the position embedding (bicubic). The
-    final ``norm`` is dropped under average pooling, where timm uses ``fc_norm`` after the pool.
-    Returns what was loaded: the path, the pretraining step and the weights.
+    The checkpoint is an arvision pretraining checkpoint, a folder in the Hub layout (``arvision
+    export``'s) or ``hf-hub:ORG/NAME``. The recipe must describe the same encoder (a one-line
+    RecipeError names the first key that differs); a different ``img_size`` resamples the position
+    embedding (bicubic). The final ``norm`` is dropped under average pooling, where timm uses
+    ``fc_norm`` after the pool. Returns what was loaded: the checkpoint, its step and the weights.
     """
-    path = Path(recipe.finetune.checkpoint)
-    state = load_checkpoint(path)
-    if state.get("kind", "pretrain") != "pretrain" or not isinstance(state.get("recipe"), dict):
-        raise CheckpointError(f"{path}: not a pretraining checkpoint (fine-tune the checkpoint of "
-                              "an `arvision run` pretraining)")
-    pretrain_recipe = structure_recipe(state["recipe"], f"{path} (its recipe)", get_plugins())
-    check_same_encoder(recipe, pretrain_recipe, path, source)
-    weights = _encoder_state(path, state, recipe.finetune.weights)
-    if vit.global_pool == "avg":
-        weights = {key: value for key, value in weights.items() if not key.startswith("norm.")}
-    if "pos_embed" in weights and weights["pos_embed"].shape != vit.pos_embed.shape:
-        prefix = 0 if vit.no_embed_class else vit.num_prefix_tokens
-        weights["pos_embed"] = resample_abs_pos_embed(
-            weights["pos_embed"], new_size=list(vit.patch_embed.grid_size),
-            num_prefix_tokens=prefix, verbose=False)
-    missing, unexpected = vit.load_state_dict(weights, strict=False)
-    missing = [key for key in missing if not key.startswith(HEAD_KEYS)]
-    if missing or unexpected:
-        problem = f"missing {missing[0]}" if missing else f"unexpected {unexpected[0]}"
-        raise CheckpointError(f"{path}: its encoder does not fit {recipe.encoder.name} ({problem})")
+    tune = recipe.finetune
+    encoder = read_pretrained_encoder(tune.checkpoint, "finetune.checkpoint", tune.weights)
+    check_fits(encoder, recipe.encoder, vit, source, "finetune.checkpoint")
+    skip = HEAD_KEYS + (("norm.",) if vit.global_pool == "avg" else ())
+    load_into(vit, encoder, "finetune.checkpoint", skip)
     with torch.no_grad():  # a small head, as MAE and BEiT start fine-tuning
         nn.init.trunc_normal_(vit.head.weight, std=2e-5)
         nn.init.zeros_(vit.head.bias)
-    return {"checkpoint": str(path), "step": state.get("step"), "weights": recipe.finetune.weights}
+    return {"checkpoint": encoder.spec, "step": encoder.step, "weights": tune.weights}

@@ -13,10 +13,12 @@ import attrs
 from ..checkpoint import load_checkpoint
 from ..config import make_converter, non_negative, positive, probability, setting, unit_interval
 from ..errors import CheckpointError, RecipeError
+from ..model.timm_folder import is_timm_folder
 from ..plugins import get_plugins
 from ..recipe import (
     DataConfig,
     EncoderConfig,
+    LogConfig,
     Recipe,
     RunConfig,
     TrainConfig,
@@ -37,8 +39,10 @@ class FinetuneConfig:
     """Supervised fine-tuning of the encoder as a timm classifier (docs/evaluation.md)."""
 
     checkpoint: str | None = setting(
-        None, "pretraining checkpoint (`arvision run`'s OUT/checkpoint.pt) whose encoder starts "
-        "the fine-tuning; unset: train from scratch (a supervised baseline, or a local teacher)")
+        None, "the encoder the fine-tuning starts from: a pretraining checkpoint (`arvision "
+        "run`'s OUT/checkpoint.pt), a folder written by `arvision export` (or timm's "
+        "save_for_hf), or hf-hub:ORG/NAME; unset: train from scratch (a supervised baseline, or "
+        "a local teacher)")
     weights: Literal["model", "ema"] = setting(
         "model", "which encoder of the checkpoint: the trained weights or their EMA (kept when the "
         "pretraining set train.ema)")
@@ -78,6 +82,7 @@ class FinetuneRecipe:
     data: DataConfig = attrs.Factory(DataConfig)
     train: TrainConfig = attrs.Factory(TrainConfig)
     run: RunConfig = attrs.Factory(RunConfig)
+    log: LogConfig = attrs.Factory(LogConfig)
 
 
 #: The D-iGPT / BEiT fine-tuning schedule for ViT-B (DESIGN.md), used where no recipe says otherwise.
@@ -95,6 +100,9 @@ def structure_finetune_recipe(data: dict[str, Any], source: str) -> FinetuneReci
     if recipe.data.targets:
         raise RecipeError(f"{source}: data.targets: a target cache feeds pretraining; fine-tuning "
                           "reads the images and their labels (remove the key)")
+    if recipe.encoder.init is not None:
+        raise RecipeError(f"{source}: encoder.init: starts a pretraining; a fine-tuning starts "
+                          "from finetune.checkpoint")
     if recipe.encoder.stem != "patch":
         raise RecipeError(f"{source}: encoder.stem: fine-tuning needs 'patch' (a timm image model); "
                           f"got {recipe.encoder.stem!r}")
@@ -110,11 +118,13 @@ def derive_finetune_recipe(checkpoint: Path, pretrain: Recipe) -> dict[str, Any]
     crop (RandomResizedCrop 0.08..1, flip), the paper's schedule (:data:`PAPER_FINETUNE_TRAIN`)
     and drop path 0.1; written to the run's ``recipe.toml``, overridable with ``--set``."""
     encoder = drop_none(make_converter().unstructure(pretrain.encoder))
+    encoder.pop("init", None)  # the checkpoint holds the encoder now
     data = drop_none(make_converter().unstructure(pretrain.data))
     data.pop("targets", None)
     data.pop("limit", None)
     return {
         "run": {"name": f"{pretrain.run.name}_finetune"},
+        "log": drop_none(make_converter().unstructure(pretrain.log)),
         "finetune": {"checkpoint": str(checkpoint)},
         "encoder": {**encoder, "drop_path": 0.1},
         "data": {**data, "crop_scale": [0.08, 1.0], "flip": True},
@@ -133,6 +143,9 @@ def finetune_tables(checkpoint: Path, recipe_path: Path | None = None,
         if not is_finetune(data):
             raise RecipeError(f"{recipe_path}: not a fine-tuning recipe (expected a [finetune] "
                               "table)")
+    elif is_timm_folder(checkpoint):
+        raise RecipeError(f"{checkpoint}: a timm model, without the recipe (data, schedule) of its "
+                          "pretraining; pass --recipe with a [finetune] table")
     else:
         state = load_checkpoint(checkpoint)
         if state.get("kind", "pretrain") != "pretrain" or not isinstance(state.get("recipe"), dict):

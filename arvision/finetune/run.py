@@ -20,13 +20,22 @@ from torch.utils.data import DataLoader, Subset
 from torchvision.transforms.v2.functional import to_pil_image
 
 from ..checkpoint import load_checkpoint, save_atomic
-from ..data.loader import Transformed, keyed_batches
+from ..data.loader import Transformed, keyed_batches, worker_count
 from ..data.sources import build_dataset
-from ..engine import Trainer, TrainResult, assemble_trainer, autocast, fit, start_run
+from ..engine import (
+    MetricLog,
+    Trainer,
+    TrainResult,
+    assemble_trainer,
+    autocast,
+    fit,
+    result_metrics,
+    start_run,
+)
 from ..errors import RecipeError
 from ..evaluate.probes import topk_accuracy
 from ..evaluate.runner import write_results
-from ..export import timm_arguments
+from ..model.pretrained import timm_arguments
 from .data import MixedInputs, SeededTransform, count_classes, eval_transform, train_transform
 from .model import Classifier, create_classifier, load_pretrained_encoder
 from .recipe import FinetuneRecipe
@@ -102,7 +111,8 @@ def evaluate_classifier(recipe: FinetuneRecipe, weights: dict[str, torch.Tensor]
         dataset = Subset(dataset, range(min(tune.eval_limit, len(dataset))))
     transform = eval_transform(recipe, size, channels)
     loader = DataLoader(Transformed(dataset, lambda image: transform(to_pil_image(image))),
-                        batch_size=tune.eval_batch_size, num_workers=recipe.data.num_workers)
+                        batch_size=tune.eval_batch_size,
+                        num_workers=worker_count(recipe.data.num_workers))
     logits, labels = [], []
     for images, targets in loader:
         with autocast(device, recipe.train.precision):
@@ -117,9 +127,23 @@ def finetune(recipe: FinetuneRecipe, out_dir: Path, source: str = "recipe") -> F
     final weights and their EMA, merge the scores into ``OUT/eval.json`` under ``finetune`` and
     write ``OUT/classifier_timm.pt``."""
     trainer, start = build_finetuner(recipe, out_dir, source)
-    result = fit(trainer)
-    if not result.main:
-        return FinetuneResult(result, None)
+    log = MetricLog(out_dir, recipe)
+    ok = False
+    try:
+        result = fit(trainer, log)
+        scores = _score(recipe, trainer, result, start) if result.main else None
+        if scores is not None:
+            log.log_results(result_metrics(scores, "finetune"))
+        ok = True
+    finally:
+        log.close(ok)
+    return FinetuneResult(result, scores)
+
+
+def _score(recipe: FinetuneRecipe, trainer: Trainer, result: TrainResult,
+           start: dict[str, Any] | None) -> dict[str, Any]:
+    """Score the final weights (and their EMA), write the classifier and ``eval.json``."""
+    out_dir = result.out_dir
     started = time.perf_counter()
     state = load_checkpoint(result.checkpoint)
     scores = evaluate_classifier(recipe, classifier_weights(state), trainer.device)
@@ -138,4 +162,4 @@ def finetune(recipe: FinetuneRecipe, out_dir: Path, source: str = "recipe") -> F
              "timm_arguments": arguments,
              "eval_seconds": round(time.perf_counter() - started, 2)}
     write_results(out_dir / "eval.json", {"finetune": entry}, random_init=False)
-    return FinetuneResult(result, entry)
+    return entry

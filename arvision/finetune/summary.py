@@ -7,6 +7,7 @@ from typing import Any
 import torch
 
 from ..data.sources import build_dataset
+from ..model.timm_folder import is_timm_folder
 from .data import count_classes
 from .model import create_classifier
 from .recipe import FinetuneRecipe
@@ -24,7 +25,8 @@ def summarize_finetune(recipe: FinetuneRecipe, source: str) -> dict[str, Any]:
     if checkpoint is None:
         starts = "random init (supervised training from scratch)"
     else:
-        found = "" if Path(checkpoint).is_file() else " (not found yet)"
+        found = "" if is_timm_folder(checkpoint) or Path(checkpoint).is_file() else \
+            " (not found yet)"
         starts = f"{checkpoint}{found}, its {tune.weights} weights"
     decay = "none" if tune.layer_decay is None else \
         f"{tune.layer_decay}: lr x {tune.layer_decay ** (depth + 1):.3g} (embedding) .. x 1 (head)"

@@ -1,9 +1,10 @@
 """The autoregressive model: tokenizer, ordering, encoder, decoders and target in one step.
 
     images [0,1] --tokenizer--> tokens (B, h', w'[, D]) (+ cls)
-           |--ordering.plan--> order (B, S), block-causal mask
+           |--ordering.plan--> order (B, S) [+ prefix length (B,)], block-causal mask
            '--encoder(images, plan)--> memory of segments 1..S-1 (+ cls)
     each decoder: prediction --resample to the token grid--> target.loss --> its loss part
+                  (with a prefix: mean over the targets past it)
     loss = sum(weight_i x part_i)
 """
 
@@ -14,7 +15,7 @@ from torch import Tensor, nn
 
 from ..components import Decoder, Ordering, Prediction, Target, Tokenizer, Tokens, TokenSpec
 from ..plan import Plan
-from ..seeds import PLAN_STREAM, stream_seed
+from ..seeds import PLAN_STREAM, PREFIX_STREAM, seeded_generator, stream_seed
 from .encoder import Encoder
 
 __all__ = ["ARModel", "DecoderRole", "ModelOutput", "resample_segments"]
@@ -51,16 +52,23 @@ def resample_segments(pred: Tensor, cell: tuple[int, int], target_cell: tuple[in
 
 
 class ARModel(nn.Module):
-    """One training step's computation. The tokenizer is frozen and left out of ``state_dict``."""
+    """One training step's computation. The tokenizer is frozen and left out of ``state_dict``.
+
+    ``prefix_attention`` (AIM): every plan gets a prefix length per sample, uniform in
+    1..S-1 visible segments, drawn like its order (from the sample's own seed in training).
+    """
 
     def __init__(self, tokenizer: Tokenizer | None, tokens: TokenSpec, ordering: Ordering,
                  encoder: Encoder, decoders: dict[str, tuple[DecoderRole, Decoder]],
-                 target: Target) -> None:
+                 target: Target, prefix_attention: bool = False) -> None:
         super().__init__()
         # Without a tokenizer (``arvision check``, cached targets) forward needs ``tokens``.
         self.tokenizer = tokenizer.freeze() if tokenizer is not None else None
+        if self.tokenizer is not None:
+            self.tokenizer.attach(encoder)
         self.tokens = tokens
         self.ordering = ordering
+        self.prefix_attention = prefix_attention
         self.encoder = encoder
         self.decoders = nn.ModuleDict({key: decoder for key, (_, decoder) in decoders.items()})
         self.roles = {key: role for key, (role, _) in decoders.items()}
@@ -70,25 +78,48 @@ class ARModel(nn.Module):
         self._register_load_state_dict_pre_hook(self._keep_tokenizer)
 
     def plan(self, batch: int, order: Tensor | None = None, seeds: Tensor | None = None,
-             generator: torch.Generator | None = None) -> Plan:
+             generator: torch.Generator | None = None, prefix_length: Tensor | None = None
+             ) -> Plan:
         """A pinned ``order`` (B, S); else each sample's order drawn from its own seed (``seeds``
-        (B,), as training passes them); else ``batch`` orders drawn from ``generator``."""
+        (B,), as training passes them); else ``batch`` orders drawn from ``generator``.
+
+        With prefix attention the prefix lengths are drawn the same way (their own stream of the
+        sample's seed), unless pinned by ``prefix_length`` (B,).
+        """
         device = self.encoder.vit.pos_embed.device
         if order is not None:
-            return Plan(self.ordering.layout, order.to(device))
-        if seeds is not None:
+            plan = Plan(self.ordering.layout, order.to(device))
+        elif seeds is not None:
             plan_seeds = [stream_seed(seed, PLAN_STREAM) for seed in seeds.tolist()]
-            return self.ordering.plan_samples(plan_seeds, device)
-        return self.ordering.plan(batch, generator, device)
+            plan = self.ordering.plan_samples(plan_seeds, device)
+        else:
+            plan = self.ordering.plan(batch, generator, device)
+        if not self.prefix_attention:
+            return plan
+        if prefix_length is None:
+            prefix_length = self.draw_prefix(plan.order.shape[0], seeds, generator)
+        return attrs.evolve(plan, prefix_length=prefix_length.to(device))
+
+    def draw_prefix(self, batch: int, seeds: Tensor | None = None,
+                    generator: torch.Generator | None = None) -> Tensor:
+        """Prefix lengths (B,) uniform in 1..S-1: from each sample's seed when given (stream
+        :data:`~arvision.seeds.PREFIX_STREAM`), else from ``generator``."""
+        high = self.ordering.layout.num_segments  # exclusive: at most the S-1 visible segments
+        if seeds is not None:
+            return torch.cat([torch.randint(1, high, (1,), generator=seeded_generator(
+                stream_seed(seed, PREFIX_STREAM))) for seed in seeds.tolist()])
+        device = generator.device if generator is not None else "cpu"
+        return torch.randint(1, high, (batch,), generator=generator, device=device)
 
     def forward(self, images: Tensor, tokens: Tokens | None = None, order: Tensor | None = None,
-                seeds: Tensor | None = None, generator: torch.Generator | None = None
-                ) -> ModelOutput:
+                seeds: Tensor | None = None, generator: torch.Generator | None = None,
+                prefix_length: Tensor | None = None) -> ModelOutput:
         """Images (B, C, H, W) in [0, 1]; optional precomputed tokens; a pinned order (B, S), or
-        the samples' seeds (B,) their orders are drawn from (see :meth:`plan`)."""
+        the samples' seeds (B,) their orders are drawn from (see :meth:`plan`); with prefix
+        attention, optionally pinned prefix lengths (B,)."""
         if tokens is None:
             tokens = self.tokenizer(images)
-        plan = self.plan(images.shape[0], order, seeds, generator)
+        plan = self.plan(images.shape[0], order, seeds, generator, prefix_length)
         ids = tokens.tokens if self.encoder.token_embed is not None else None
         memory = self.encoder(images, plan, ids)
         parts = {key: self.score(decoder(memory, plan), tokens, plan, self.roles[key].predicts)
@@ -97,19 +128,41 @@ class ARModel(nn.Module):
         return ModelOutput(loss, parts)
 
     def score(self, prediction: Prediction, tokens: Tokens, plan: Plan, predicts: str) -> Tensor:
-        """Mean loss over every predicted token (and the CLS) of one decoder."""
+        """Mean loss over every predicted token (and the CLS) of one decoder.
+
+        With a prefix only the target segments past it count, as in AIM's loss; their sum is
+        divided by the expected number of such targets (:meth:`expected_scored`), so the result
+        is their mean in expectation.
+        """
         segments = slice(1, None) if predicts == "next" else slice(None, -1)
         grid = self.tokens.grid
         flat = tokens.tokens.flatten(1, 2)  # (B, h*w[, D])
         target = plan.gather(flat, grid, segments)  # (B, S-1, Tt[, D])
         pred = resample_segments(prediction.tokens, plan.layout.cell(self.encoder.grid),
                                  plan.layout.cell(grid))  # (B, S-1, Tt, out)
+        batch, count, per = pred.shape[:3]
         losses = self.target.loss(pred.flatten(0, 2), target.flatten(0, 2))  # (B*(S-1)*Tt,)
+        losses = losses.view(batch, count * per)
+        scored = plan.scored(segments)  # (B, S-1), or None: every target counts
+        if scored is not None:
+            losses = losses * scored.repeat_interleave(per, dim=1).to(losses.dtype)
         if prediction.cls is not None:
             cls_losses = self.target.loss(prediction.cls, tokens.cls)  # (B,)
-            losses = torch.cat([losses.view(pred.shape[0], -1), cls_losses[:, None]], dim=1)
-        return losses.mean()
+            losses = torch.cat([losses, cls_losses[:, None]], dim=1)
+        if scored is None:
+            return losses.mean()
+        # Divided by the expected count of scored targets, a constant: every scored token weighs
+        # the same in any batch, so the loss is the same on any number of ranks.
+        count = batch * (per * self.expected_scored(segments) + (prediction.cls is not None))
+        return losses.sum() / max(count, 1.0)
 
+    def expected_scored(self, segments: slice) -> float:
+        """Mean number of a decoder's target segments past the prefix, over prefix lengths
+        uniform in 1..S-1: S/2 for ``next``, S/2 - 1 for ``visible``."""
+        num = self.ordering.layout.num_segments
+        places = range(num)[segments]  # the targets' places in the order
+        lengths = range(1, num)  # the prefix lengths drawn
+        return sum(place >= k for k in lengths for place in places) / len(lengths)
 
     def _keep_tokenizer(self, state: dict, prefix: str, *_args) -> None:
         if self.tokenizer is None:

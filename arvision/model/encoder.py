@@ -111,11 +111,15 @@ class Encoder(nn.Module):
                 taps.append(x)
         return EncoderOutput(self.vit.norm(x), tuple(taps), self.num_prefix)
 
-    def features(self, images: Tensor, blocks: Sequence[int], ids: Tensor | None = None
-                 ) -> list[Tensor]:
-        """For probes: every token in natural (raster) order, full bidirectional attention (no
-        mask, as AIM and D-iGPT evaluate); the outputs of the 1-based ``blocks``, each
-        (B, num_prefix + N, D), CLS first."""
+    def features(self, images: Tensor, blocks: Sequence[int], ids: Tensor | None = None,
+                 attn_mask: Tensor | None = None) -> list[Tensor]:
+        """For probes: every token in natural (raster) order; the outputs of the 1-based
+        ``blocks``, each (B, num_prefix + N, D), CLS first.
+
+        Without ``attn_mask`` attention is bidirectional (as AIM and D-iGPT evaluate); with one
+        (boolean, True = attend, over CLS + every token in natural order, e.g.
+        :meth:`~arvision.plan.Plan.natural_mask`) the encoder reads the image as it was trained.
+        """
         x = self.embed(images, ids)  # (B, N, D)
         cls = self.prefix(x.shape[0])
         if cls is not None:
@@ -123,6 +127,6 @@ class Encoder(nn.Module):
         x = self.vit.norm_pre(self.vit.pos_drop(x))
         outputs = {}
         for index, block in enumerate(self.vit.blocks[:max(blocks)], start=1):
-            x = block(x)  # no attn_mask: every token sees every token
+            x = block(x, attn_mask=attn_mask)  # None: every token sees every token
             outputs[index] = x
         return [outputs[index] for index in blocks]

@@ -12,6 +12,7 @@ from .schema import (
     DecoderTable,
     EncoderConfig,
     EvalConfig,
+    LogConfig,
     OrderingTable,
     Recipe,
     RunConfig,
@@ -30,7 +31,8 @@ from .structure import (
 )
 
 __all__ = [
-    "ComponentTable", "DataConfig", "DecoderTable", "EncoderConfig", "EvalConfig", "OrderingTable",
+    "ComponentTable", "DataConfig", "DecoderTable", "EncoderConfig", "EvalConfig", "LogConfig",
+    "OrderingTable",
     "Recipe", "RunConfig", "SyntheticConfig", "TargetTable", "TokenizerTable", "TrainConfig",
     "apply_override", "drop_none", "load_recipe", "read_recipe_data", "read_toml",
     "recipe_converter", "recipe_to_dict", "save_recipe", "structure_config", "structure_recipe",

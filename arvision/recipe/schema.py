@@ -14,7 +14,7 @@ from ..config import FieldError, check, model_override, non_negative, positive, 
 from ..registry import Registration
 
 __all__ = ["ComponentTable", "DataConfig", "DecoderTable", "EncoderConfig", "EvalConfig",
-           "OrderingTable", "Recipe", "RunConfig", "SyntheticConfig", "TargetTable",
+           "LogConfig", "OrderingTable", "Recipe", "RunConfig", "SyntheticConfig", "TargetTable",
            "TokenizerTable", "TrainConfig"]
 
 @attrs.frozen
@@ -41,6 +41,11 @@ class EncoderConfig:
                                       "channel)")
     std: tuple[float, ...] = setting((0.5,), "input normalisation std")
     drop_path: float = setting(0.0, "stochastic depth rate", validator=non_negative)
+    init: str | None = setting(
+        None, "pretraining starts from this encoder (continued pretraining): an arvision "
+        "pretraining checkpoint, a folder written by `arvision export` (or timm's save_for_hf), "
+        "or hf-hub:ORG/NAME; name, shape and mean/std must match this table's (another img_size "
+        "resamples the position embedding)")
 
 
 @attrs.frozen
@@ -135,7 +140,12 @@ class EvalConfig:
     probes: tuple[Literal["linear", "knn", "attentive"], ...] = setting(
         ("linear", "knn"), "probes on the frozen encoder")
     blocks: tuple[int, ...] = setting((), "1-based blocks whose features are averaged (default: "
-                                      "the middle block)")
+                                      "the middle block); the attentive probe reads their tokens")
+    attention: Literal["bidirectional", "causal", "as_trained"] = setting(
+        "as_trained", "how the frozen encoder attends while features are extracted: "
+        "'bidirectional' (no mask), 'causal' (the block-causal mask of a raster plan over the "
+        "ordering's segments), 'as_trained' (bidirectional after prefix attention, else "
+        "block-causal in the recipe's order)")
     limit: int | None = setting(None, "train images for the probes (default: all)",
                                 validator=positive)
     eval_limit: int | None = setting(None, "eval images (default: all)", validator=positive)
@@ -144,6 +154,24 @@ class EvalConfig:
     reference: float | None = setting(None, "a known accuracy (percent) to print beside, e.g. "
                                       "84.2: logistic regression on raw Fashion-MNIST pixels")
     reference_name: str = setting("reference", "what the reference accuracy is")
+
+
+@attrs.frozen
+class LogConfig:
+    """Experiment trackers: each gets the step metrics, the recipe and the results (docs/tracking.md)."""
+
+    trackers: tuple[Literal["tensorboard", "mlflow", "wandb"], ...] = setting(
+        ("tensorboard",), "experiment trackers ('mlflow' and 'wandb' need the extras "
+        "arvision[mlflow] / arvision[wandb])",
+        validator=check(lambda v: len(set(v)) == len(v), "each tracker once"))
+    project: str = setting("arvision", "MLflow experiment and W&B project the run is logged in")
+    mlflow_uri: str | None = setting(
+        None, "MLflow tracking URI, e.g. sqlite:///runs/mlflow.db or http://host:5000 (default: "
+        "MLFLOW_TRACKING_URI, else MLflow's own default, sqlite:///mlflow.db in the working "
+        "directory)")
+    wandb_mode: Literal["auto", "online", "offline"] = setting(
+        "auto", "W&B mode ('auto': WANDB_MODE, else online); 'offline' keeps the run in OUT/wandb/ "
+        "for a later `wandb sync`")
 
 
 @attrs.frozen
@@ -178,7 +206,15 @@ class TokenizerTable(ComponentTable):
 
 @attrs.frozen
 class OrderingTable(ComponentTable):
+    """The ``[ordering]`` table: an ordering, and whether a random prefix of it is read
+    bidirectionally."""
+
     KIND: ClassVar[str] = "ordering"
+    prefix_attention: bool = setting(
+        False, "AIM's prefix attention: each sample's first K visible segments (K uniform in "
+        "1..S-1, drawn from the sample's seed) attend to each other bidirectionally, the rest "
+        "block-causally, and only targets past the prefix are scored; the encoder then also "
+        "works bidirectionally, as probes read it")
 
 
 @attrs.frozen
@@ -226,3 +262,4 @@ class Recipe:
     train: TrainConfig = attrs.Factory(TrainConfig)
     run: RunConfig = attrs.Factory(RunConfig)
     eval: EvalConfig | None = None
+    log: LogConfig = attrs.Factory(LogConfig)
