@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from .plan import Plan, SegmentLayout
 from .seeds import seeded_generator
+from .traceable import traceable
 
 __all__ = [
     "Decoder", "DecoderContext", "EncoderOutput", "ImageSpec", "Ordering", "Prediction", "Target",
@@ -62,6 +63,7 @@ class TokenSpec:
         return self.grid[0] * self.grid[1]
 
 
+@traceable
 @attrs.frozen
 class Tokens:
     """Target tokens for a batch: ids (B, h, w) long or features (B, h, w, D); optional CLS (B, D)."""
@@ -142,6 +144,7 @@ class Ordering(ABC):
         return Plan(self.layout, torch.cat(rows))
 
 
+@traceable
 @attrs.frozen
 class EncoderOutput:
     """The encoder's view of the visible segments (1..S-1), CLS first when present.
@@ -180,6 +183,7 @@ class DecoderContext:
                              "set encoder.class_token = true")
 
 
+@traceable
 @attrs.frozen
 class Prediction:
     """Predictions for S-1 segments on the student's grid (B, S-1, T, D), plus CLS (B, D)."""

@@ -14,6 +14,8 @@ import attrs
 import torch
 from torch import Tensor
 
+from .traceable import traceable
+
 __all__ = ["Plan", "SegmentLayout", "block_causal_mask", "prefix_causal_mask"]
 
 
@@ -88,6 +90,7 @@ def prefix_causal_mask(num_segments: int, tokens_per_segment: int, cls: bool,
     return (shared[None] | in_prefix[:, None, :])[:, None]  # (B, 1, P+L, P+L)
 
 
+@traceable
 @attrs.frozen
 class Plan:
     """A per-sample order of a layout's segments: ``order[b, k]`` is the k-th segment of sample b.
@@ -115,8 +118,10 @@ class Plan:
         if prefix.shape != self.order.shape[:1]:
             raise ValueError(f"plan prefix_length must be (batch,) = ({self.order.shape[0]},), "
                              f"got {tuple(prefix.shape)}")
-        if prefix.device.type == "cpu" and prefix.numel() and not (
-                (prefix >= 1) & (prefix <= self.num_segments - 1)).all():  # no sync on devices
+        # Checked on the CPU only (no device sync) and not while compiling (data-dependent).
+        checkable = prefix.device.type == "cpu" and not torch.compiler.is_compiling()
+        if checkable and prefix.numel() and not (
+                (prefix >= 1) & (prefix <= self.num_segments - 1)).all():
             raise ValueError(f"plan prefix_length must be in 1..{self.num_segments - 1} (the "
                              f"visible segments), got {int(prefix.min())}..{int(prefix.max())}")
 

@@ -46,6 +46,9 @@ SECTIONS = (("run", RunConfig), ("data", DataConfig), ("data.synthetic", Synthet
 def _type(tp: Any) -> str:
     if typing.get_origin(tp) is typing.Literal:
         return " | ".join(repr(arg) for arg in typing.get_args(tp)).replace("'", '"')
+    if typing.get_origin(tp) is typing.Union and typing.Literal in map(typing.get_origin,
+                                                                       typing.get_args(tp)):
+        return " | ".join(map(_type, typing.get_args(tp)))  # "a" | "b" | bool
     text = getattr(tp, "__name__", None) if not typing.get_args(tp) else None
     return text or str(tp).replace("typing.", "").replace("NoneType", "None")
 

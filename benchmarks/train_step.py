@@ -10,13 +10,13 @@ runs: each step reads precomputed random teacher tokens, so only the student is 
 One step is the engine's (:meth:`arvision.engine.Trainer.train_step`, what ``arvision run``
 executes): forward (fp32, or under bf16 autocast), backward, gradient-norm guard, AdamW step (fused
 on CUDA), schedule; each sample's segment order is drawn from its seed inside the step, as in
-training. Modes: ``eager``; ``compile``: ``torch.compile(model)``; ``compile-blocks``: the
-engine's ``train.compile``, ``compile()`` on every transformer block of the encoder and the
-decoders. Each configuration runs in a fresh subprocess (with its own, cold inductor cache):
-a compile failure or a crash becomes that row's error, CPU peak RSS is per configuration, and a
-compile still running after ``--compile-budget`` seconds is stopped and its row marked skipped. The
-first compiled step is timed and reported as the compile time; it is not part of the timed steps.
-Step time is the median of the timed steps.
+training. Modes: ``eager``; ``compile``: the engine's ``train.compile = "model"``, the whole
+forward compiled in place; ``compile-blocks``: ``train.compile = "blocks"``, ``compile()`` on
+every transformer block of the encoder and the decoders. Each configuration runs in a fresh
+subprocess (with its own, cold inductor cache): a compile failure or a crash becomes that row's
+error, CPU peak RSS is per configuration, and a compile still running after ``--compile-budget``
+seconds is stopped and its row marked skipped. The first compiled step is timed and reported as
+the compile time; it is not part of the timed steps. Step time is the median of the timed steps.
 
 Peak memory: ``torch.cuda.max_memory_allocated`` over the timed steps on CUDA; on the CPU the peak
 RSS of the timed steps (the kernel's VmHWM, reset just before them) minus the RSS before the model
@@ -66,6 +66,8 @@ __all__ = [
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 PHASE, ROW = "@@phase ", "@@row "  # the worker's progress lines on stdout
 MODES = ("eager", "compile", "compile-blocks")
+#: mode -> the engine's train.compile
+COMPILE_KEY = {"compile": "model", "compile-blocks": "blocks"}
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
@@ -90,7 +92,7 @@ class Geometry:
 @dataclass(frozen=True)
 class Config:
     precision: str = "fp32"  # or "bf16" (autocast)
-    mode: str = "eager"  # "compile": torch.compile(model); "compile-blocks": each transformer block
+    mode: str = "eager"  # "compile": the whole model; "compile-blocks": each transformer block
     batch: int = 8
 
 
@@ -247,7 +249,7 @@ def make_step(config: Config, geometry: Geometry, device: torch.device):
     """
     blueprint = make_blueprint(geometry)
     train = {"batch_size": config.batch, "precision": config.precision, "device": str(device),
-             "base_lr": 1e-4, "compile": config.mode == "compile-blocks"}
+             "base_lr": 1e-4, "compile": COMPILE_KEY.get(config.mode, "none")}
     recipe = structure_recipe({**recipe_data(geometry), "train": train}, "benchmarks/train_step.py",
                               get_plugins())
     start = start_run(recipe, "benchmarks/train_step.py")  # seeds every RNG with train.seed
@@ -259,8 +261,6 @@ def make_step(config: Config, geometry: Geometry, device: torch.device):
     out = Path(tempfile.gettempdir())  # unused: only fit() writes checkpoints
     trainer = assemble_trainer(start, out, model, FixedBatches(batch), pretrain_inputs,
                                ema_source=model.encoder, shard_units=model.encoder.vit.blocks)
-    if config.mode == "compile":  # the whole model (the engine compiles blocks only)
-        trainer.step_module = torch.compile(model)
     return trainer.train_step
 
 

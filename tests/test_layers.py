@@ -12,7 +12,7 @@ from conftest import REPO
 LAYERS = (
     ("foundation", ("arvision", "arvision.errors", "arvision.seeds", "arvision.config",
                     "arvision.plan", "arvision.checkpoint", "arvision.hookspecs",
-                    "arvision.registry")),
+                    "arvision.registry", "arvision.traceable")),
     ("components", ("arvision.components",)),
     ("recipe schema", ("arvision.recipe",)),
     ("plugin loading", ("arvision.plugins",)),

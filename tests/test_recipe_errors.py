@@ -111,6 +111,8 @@ BAD_RECIPES = [
      ["vit_nonexistent"]),
     ("mean-per-channel", tiny_data(encoder={"mean": [0.5, 0.5]}), "encoder.mean", ["2"]),
     ("table-given-a-number", tiny_data(train=3), "train", ["table", "3"]),
+    ("unknown-compile-mode", tiny_data(train={"compile": "graph"}), "train.compile",
+     ["'model'", "'graph'"]),
 ]
 
 

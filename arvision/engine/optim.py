@@ -13,7 +13,8 @@ from torch import nn
 
 from ..recipe.schema import TrainConfig
 
-__all__ = ["AUTOCAST_DTYPES", "ParamGroups", "autocast", "compile_blocks", "make_optimizer",
+__all__ = ["AUTOCAST_DTYPES", "ParamGroups", "autocast", "compile_blocks", "compile_model",
+           "make_optimizer",
            "make_scheduler"]
 
 # timm warns that the cosine has no effect when the warmup takes all but one step (short runs, a
@@ -59,9 +60,17 @@ def make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, steps:
 
 def compile_blocks(model: nn.Module) -> None:
     """Regional compilation: ``torch.compile`` every transformer block in place (encoder and
-    decoders). Compiling the whole model fails in dynamo on the plan's attrs classes, and blocks
-    are where the time goes."""
+    decoders): blocks are where the time goes, and identical blocks share one compiled graph."""
     for name, module in model.named_modules():
         if name.endswith("blocks") and isinstance(module, nn.ModuleList | nn.Sequential):
             for block in module:
                 block.compile()
+
+
+def compile_model(model: nn.Module, mode: str) -> None:
+    """``train.compile``: 'blocks' (:func:`compile_blocks`), 'model' (the whole forward, in place,
+    so parameter names and checkpoints stay those of the eager model) or 'none'."""
+    if mode == "blocks":
+        compile_blocks(model)
+    elif mode == "model":
+        model.compile()

@@ -21,7 +21,7 @@ from torch import nn
 from ..errors import RecipeError
 from ..recipe.schema import TrainConfig
 from .distributed import Ranks, setup, wrap
-from .optim import ParamGroups, compile_blocks, make_optimizer, make_scheduler
+from .optim import ParamGroups, compile_model, make_optimizer, make_scheduler
 from .trainer import BatchInputs, Trainer
 
 __all__ = ["RunStart", "assemble_trainer", "micro_batching", "seed_everything", "start_run"]
@@ -101,8 +101,7 @@ def assemble_trainer(start: RunStart, out_dir: Path, model: nn.Module, batches: 
     ema = ModelEmaV3(ema_source, decay=config.ema) if config.ema else None
     step_module = wrap(model, config.strategy, ranks, device, shard_units, frozen)
     optimizer = make_optimizer(model, config, device, param_groups)
-    if config.compile:
-        compile_blocks(model)
+    compile_model(model, config.compile)
     return Trainer(
         recipe=start.recipe, source=source, out_dir=out_dir, ranks=ranks, device=device,
         model=model, step_module=step_module, batch_inputs=batch_inputs, optimizer=optimizer,

@@ -16,11 +16,13 @@ from torch import Tensor, nn
 from ..components import Decoder, Ordering, Prediction, Target, Tokenizer, Tokens, TokenSpec
 from ..plan import Plan
 from ..seeds import PLAN_STREAM, PREFIX_STREAM, seeded_generator, stream_seed
+from ..traceable import traceable
 from .encoder import Encoder
 
 __all__ = ["ARModel", "DecoderRole", "ModelOutput", "resample_segments"]
 
 
+@traceable
 @attrs.frozen
 class ModelOutput:
     """What a model's forward returns to the engine: the loss, its parts (logged as ``loss/KEY``)
@@ -77,6 +79,8 @@ class ARModel(nn.Module):
         self._register_state_dict_hook(_drop_tokenizer)
         self._register_load_state_dict_pre_hook(self._keep_tokenizer)
 
+    @torch.compiler.disable  # Python loops over per-sample generators: drawn eagerly, then
+    # a compiled forward (train.compile = "model") resumes with the plan as its input
     def plan(self, batch: int, order: Tensor | None = None, seeds: Tensor | None = None,
              generator: torch.Generator | None = None, prefix_length: Tensor | None = None
              ) -> Plan:

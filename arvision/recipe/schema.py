@@ -13,7 +13,7 @@ import attrs
 from ..config import FieldError, check, model_override, non_negative, positive, setting
 from ..registry import Registration
 
-__all__ = ["ComponentTable", "DataConfig", "DecoderTable", "EncoderConfig", "EvalConfig",
+__all__ = ["COMPILE_MODES", "ComponentTable", "DataConfig", "DecoderTable", "EncoderConfig", "EvalConfig",
            "LogConfig", "OrderingTable", "Recipe", "RunConfig", "SyntheticConfig", "TargetTable",
            "TokenizerTable", "TrainConfig"]
 
@@ -88,6 +88,17 @@ class DataConfig:
     synthetic: SyntheticConfig = setting(attrs.Factory(SyntheticConfig), "synthetic source options")
 
 
+#: ``train.compile``: what ``torch.compile`` compiles
+COMPILE_MODES = ("none", "blocks", "model")
+
+
+def _compile_mode(value: Any) -> Any:
+    """``train.compile`` was a bool before it had modes: true = 'blocks', false = 'none'."""
+    if isinstance(value, bool):
+        return "blocks" if value else "none"
+    return value
+
+
 @attrs.frozen
 class TrainConfig:
     """The optimisation."""
@@ -127,7 +138,11 @@ class TrainConfig:
                                 validator=check(lambda v: 0 < v < 1, "a number in (0, 1)"))
     activation_checkpointing: bool = setting(False, "recompute encoder blocks in backward to save "
                                              "memory")
-    compile: bool = setting(False, "torch.compile every transformer block (regional compilation)")
+    compile: Literal["none", "blocks", "model"] | bool = setting(
+        "none", "torch.compile: 'blocks' compiles every transformer block (regional compilation), "
+        "'model' the whole forward (the plan is drawn eagerly), 'none' nothing; true and false "
+        "still mean 'blocks' and 'none'", converter=_compile_mode,
+        validator=check(lambda v: v in COMPILE_MODES, "one of 'none', 'blocks', 'model'"))
     deterministic: bool = setting(False, "deterministic algorithms (bitwise repeatable runs)")
     log_every: int = setting(10, "log metrics every N steps", validator=positive)
     seed: int = setting(0, "seed for weights, data order, augmentation and segment orders")
