@@ -8,15 +8,21 @@ last segment in the order is never an encoder input: the encoder reads segments 
 With prefix attention (AIM) a plan also holds a prefix length K per sample: its first K visible
 segments attend to each other bidirectionally, the rest stay block-causal, and only targets past
 the prefix are scored. The mask is then one per sample, (B, 1, L, L).
+
+Attention layers get the mask as a boolean tensor (SDPA) or, with ``Plan.attention = "flex"``, as
+a flex attention ``BlockMask`` built from the same rule (:func:`flex_block_mask`).
 """
+
+from typing import Literal
 
 import attrs
 import torch
 from torch import Tensor
+from torch.nn.attention.flex_attention import BlockMask, create_block_mask
 
 from .traceable import traceable
 
-__all__ = ["Plan", "SegmentLayout", "block_causal_mask", "prefix_causal_mask"]
+__all__ = ["Plan", "SegmentLayout", "block_causal_mask", "flex_block_mask", "prefix_causal_mask"]
 
 
 @attrs.frozen
@@ -90,6 +96,35 @@ def prefix_causal_mask(num_segments: int, tokens_per_segment: int, cls: bool,
     return (shared[None] | in_prefix[:, None, :])[:, None]  # (B, 1, P+L, P+L)
 
 
+def flex_block_mask(num_segments: int, tokens_per_segment: int, cls: bool,
+                    prefix_length: Tensor | None = None, device=None) -> BlockMask:
+    """:func:`block_causal_mask` (or with ``prefix_length`` (B,), :func:`prefix_causal_mask`) as
+    a flex attention ``BlockMask`` over (1 + ) L queries and keys: one for the batch, or one per
+    sample with a prefix.
+
+    Each position carries its segment's index, CLS that of the last segment: it then sees every
+    token, and only the last segment sees it, as in the boolean mask.
+    """
+    device = torch.device(device or "cpu")
+    segment = torch.arange(num_segments, device=device).repeat_interleave(tokens_per_segment)
+    if cls:
+        segment = torch.cat([segment.new_full((1,), num_segments - 1), segment])  # (1 + L,)
+    first = int(cls)  # the first position that is an image token
+
+    def block_causal(_b: Tensor, _h: Tensor, q: Tensor, k: Tensor) -> Tensor:
+        return segment[k] <= segment[q]
+
+    def prefix_causal(b: Tensor, h: Tensor, q: Tensor, k: Tensor) -> Tensor:
+        in_prefix = (segment[k] < prefix_length[b]) & (k >= first)
+        return block_causal(b, h, q, k) | in_prefix
+
+    length = segment.shape[0]
+    if prefix_length is None:
+        return create_block_mask(block_causal, None, None, length, length, device=device)
+    return create_block_mask(prefix_causal, prefix_length.shape[0], None, length, length,
+                             device=device)
+
+
 @traceable
 @attrs.frozen
 class Plan:
@@ -97,11 +132,14 @@ class Plan:
 
     ``prefix_length`` (B,), when set, is AIM's prefix: sample b reads its first
     ``prefix_length[b]`` visible segments bidirectionally (1..S-1; 1 is plain block-causal).
+    ``attention`` is how :meth:`attention_mask` hands the mask to attention layers: a boolean
+    tensor ("sdpa") or a flex attention ``BlockMask`` ("flex").
     """
 
     layout: SegmentLayout
     order: Tensor = attrs.field()  # (B, S) long
     prefix_length: Tensor | None = attrs.field(default=None, kw_only=True)  # (B,) long
+    attention: Literal["sdpa", "flex"] = attrs.field(default="sdpa", kw_only=True)
 
     @order.validator
     def _check_order(self, _attribute, order: Tensor) -> None:
@@ -131,7 +169,8 @@ class Plan:
 
     def to(self, device) -> "Plan":
         prefix = None if self.prefix_length is None else self.prefix_length.to(device)
-        return Plan(self.layout, self.order.to(device), prefix_length=prefix)
+        return Plan(self.layout, self.order.to(device), prefix_length=prefix,
+                    attention=self.attention)
 
     def positions(self, grid: tuple[int, int], segments: slice = slice(None)) -> Tensor:
         """Grid indices of the tokens of the ordered segments: (B, S', T)."""
@@ -153,6 +192,15 @@ class Plan:
             return prefix_causal_mask(self.num_segments - 1, tokens_per_segment, cls,
                                       self.prefix_length.to(self.order.device))
         return block_causal_mask(self.num_segments - 1, tokens_per_segment, cls, self.order.device)
+
+    def attention_mask(self, tokens_per_segment: int, cls: bool) -> Tensor | BlockMask:
+        """:meth:`mask` as the attention layers take it: the boolean tensor, or with
+        ``attention = "flex"`` the same rule as a ``BlockMask`` (:func:`flex_block_mask`)."""
+        if self.attention == "sdpa":
+            return self.mask(tokens_per_segment, cls)
+        prefix = None if self.prefix_length is None else self.prefix_length.to(self.order.device)
+        return flex_block_mask(self.num_segments - 1, tokens_per_segment, cls, prefix,
+                               self.order.device)
 
     def scored(self, segments: slice) -> Tensor | None:
         """Which of the ordered ``segments`` (a decoder's targets) count in the loss: (B, S')

@@ -53,6 +53,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from arvision.build import Blueprint, build_model, resolve
 from arvision.components import Tokens
 from arvision.engine import assemble_trainer, start_run
+from arvision.model.attention import choose_backend
 from arvision.plugins import get_plugins
 from arvision.pretrain import pretrain_inputs
 from arvision.recipe import structure_recipe
@@ -94,6 +95,7 @@ class Config:
     precision: str = "fp32"  # or "bf16" (autocast)
     mode: str = "eager"  # "compile": the whole model; "compile-blocks": each transformer block
     batch: int = 8
+    attention: str = "auto"  # train.attention_backend: "auto" (flex on CUDA), "sdpa", "flex"
 
 
 def recipe_data(geometry: Geometry) -> dict[str, Any]:
@@ -249,11 +251,13 @@ def make_step(config: Config, geometry: Geometry, device: torch.device):
     """
     blueprint = make_blueprint(geometry)
     train = {"batch_size": config.batch, "precision": config.precision, "device": str(device),
-             "base_lr": 1e-4, "compile": COMPILE_KEY.get(config.mode, "none")}
+             "base_lr": 1e-4, "compile": COMPILE_KEY.get(config.mode, "none"),
+             "attention_backend": config.attention}
     recipe = structure_recipe({**recipe_data(geometry), "train": train}, "benchmarks/train_step.py",
                               get_plugins())
     start = start_run(recipe, "benchmarks/train_step.py")  # seeds every RNG with train.seed
     model = build_model(blueprint, with_tokenizer=False).to(device).train()
+    model.attention = choose_backend(config.attention, device)
     images, tokens = make_inputs(blueprint, config.batch, device)
     seeds = torch.arange(config.batch)
     batch = (images, torch.zeros(config.batch), seeds, tokens.tokens,
@@ -477,6 +481,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="default: all; quick: eager and compile")
     parser.add_argument("--steps", type=int, help="timed steps (default 5; quick 2)")
     parser.add_argument("--warmup", type=int, help="warm-up steps, after compile (default 2; quick 1)")
+    parser.add_argument("--attention", choices=("auto", "sdpa", "flex"), default="auto",
+                        help="train.attention_backend (auto: flex on CUDA, else sdpa)")
     parser.add_argument("--compile-budget", type=float, default=300.0,
                         help="seconds a compile may take before its row is skipped")
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds per configuration")
@@ -510,9 +516,10 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     for batch in batches:
         for precision in args.precisions:
             for mode in modes:
-                spec = {"config": asdict(Config(precision, mode, batch)), "geometry": asdict(geometry),
-                        "steps": steps, "warmup": warmup, "device": str(device),
-                        "flops": flops[batch], "threads": torch.get_num_threads()}
+                config = Config(precision, mode, batch, args.attention)
+                spec = {"config": asdict(config), "geometry": asdict(geometry), "steps": steps,
+                        "warmup": warmup, "device": str(device), "flops": flops[batch],
+                        "threads": torch.get_num_threads()}
                 rows.append(run_isolated(spec, args.compile_budget, args.timeout))
                 print(json.dumps({k: v for k, v in rows[-1].items() if k not in ("times_s", "warmup_s")}),
                       flush=True)

@@ -15,12 +15,13 @@ from typing import ClassVar
 
 import attrs
 import torch
-import torch.nn.functional as F
-from timm.layers import Attention, Mlp, build_sincos2d_pos_embed, trunc_normal_
+from timm.layers import Mlp, build_sincos2d_pos_embed, trunc_normal_
 from torch import Tensor, nn
+from torch.nn.attention.flex_attention import BlockMask
 
 from arvision.components import Decoder, DecoderContext, EncoderOutput, Prediction
 from arvision.config import positive, setting
+from arvision.model.attention import MaskedAttention, attend
 from arvision.plan import Plan
 
 __all__ = ["CrossAttention", "DecoderBlock", "MemoryProjection", "TransformerDecoder",
@@ -54,7 +55,8 @@ class MemoryProjection(nn.Module):
 
 
 class CrossAttention(nn.Module):
-    """Multi-head attention of queries (B, N, C) over a memory (B, M, C), boolean mask (N, M)."""
+    """Multi-head attention of queries (B, N, C) over a memory (B, M, C); mask (N, M), boolean
+    or a flex ``BlockMask``."""
 
     def __init__(self, dim: int, num_heads: int) -> None:
         super().__init__()
@@ -63,13 +65,13 @@ class CrossAttention(nn.Module):
         self.kv = nn.Linear(dim, 2 * dim)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: Tensor, memory: Tensor, mask: Tensor) -> Tensor:
+    def forward(self, x: Tensor, memory: Tensor, mask: Tensor | BlockMask) -> Tensor:
         batch, length, dim = x.shape
         heads = self.num_heads
         q = self.q(x).view(batch, length, heads, dim // heads).transpose(1, 2)  # (B, H, N, C/H)
         kv = self.kv(memory).view(batch, memory.shape[1], 2, heads, dim // heads)
         k, v = kv.permute(2, 0, 3, 1, 4).unbind(0)  # (B, H, M, C/H) each
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, H, N, C/H)
+        out = attend(q, k, v, mask)  # (B, H, N, C/H)
         return self.proj(out.transpose(1, 2).reshape(batch, length, dim))
 
 
@@ -79,14 +81,14 @@ class DecoderBlock(nn.Module):
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float, eps: float) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=eps)
-        self.self_attn = Attention(dim, num_heads=num_heads, qkv_bias=True)
+        self.self_attn = MaskedAttention(dim, num_heads=num_heads, qkv_bias=True)
         self.norm_query = nn.LayerNorm(dim, eps=eps)
         self.norm_memory = nn.LayerNorm(dim, eps=eps)
         self.cross_attn = CrossAttention(dim, num_heads)
         self.norm2 = nn.LayerNorm(dim, eps=eps)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
 
-    def forward(self, x: Tensor, memory: Tensor, mask: Tensor) -> Tensor:
+    def forward(self, x: Tensor, memory: Tensor, mask: Tensor | BlockMask) -> Tensor:
         x = x + self.self_attn(self.norm1(x), attn_mask=mask)
         x = x + self.cross_attn(self.norm_query(x), self.norm_memory(memory), mask)
         return x + self.mlp(self.norm2(x))
@@ -146,7 +148,7 @@ class TransformerDecoder(Decoder):
     def forward(self, memory: EncoderOutput, plan: Plan) -> Prediction:
         batch, prefix = memory.last.shape[0], memory.num_prefix
         slices = self.memory(memory.taps)  # depth x (B, P+L, dim)
-        mask = plan.mask(self.context.tokens_per_segment, prefix > 0)  # (P+L, P+L)
+        mask = plan.attention_mask(self.context.tokens_per_segment, prefix > 0)  # (P+L, P+L)
         x = self.queries(plan, batch, prefix)
         for block, memory_slice in zip(self.blocks, slices, strict=True):
             x = block(x, memory_slice, mask)

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # a stray download fails in seconds instead of hanging
 
@@ -53,6 +54,16 @@ def require_fashion_mnist() -> None:
         if os.environ.get("CI"):
             pytest.fail("Fashion-MNIST is missing: .ci/run must apt-get install dataset-fashion-mnist")
         pytest.skip("Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``gpu`` are skipped without CUDA: CI runs the whole suite on the CPU."""
+    if torch.cuda.is_available():
+        return
+    needs_cuda = pytest.mark.skip(reason="needs CUDA")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(needs_cuda)
 
 
 @pytest.fixture

@@ -17,6 +17,7 @@ from ..components import Decoder, Ordering, Prediction, Target, Tokenizer, Token
 from ..plan import Plan
 from ..seeds import PLAN_STREAM, PREFIX_STREAM, seeded_generator, stream_seed
 from ..traceable import traceable
+from .attention import AttentionBackend
 from .encoder import Encoder
 
 __all__ = ["ARModel", "DecoderRole", "ModelOutput", "resample_segments"]
@@ -71,6 +72,9 @@ class ARModel(nn.Module):
         self.tokens = tokens
         self.ordering = ordering
         self.prefix_attention = prefix_attention
+        #: How attention layers get the plan's mask: "sdpa" (boolean) or "flex" (a BlockMask);
+        #: set from train.attention_backend once the device is known (model.attention).
+        self.attention: AttentionBackend = "sdpa"
         self.encoder = encoder
         self.decoders = nn.ModuleDict({key: decoder for key, (_, decoder) in decoders.items()})
         self.roles = {key: role for key, (role, _) in decoders.items()}
@@ -88,7 +92,8 @@ class ARModel(nn.Module):
         (B,), as training passes them); else ``batch`` orders drawn from ``generator``.
 
         With prefix attention the prefix lengths are drawn the same way (their own stream of the
-        sample's seed), unless pinned by ``prefix_length`` (B,).
+        sample's seed), unless pinned by ``prefix_length`` (B,). The plan carries
+        :attr:`attention`.
         """
         device = self.encoder.vit.pos_embed.device
         if order is not None:
@@ -98,11 +103,12 @@ class ARModel(nn.Module):
             plan = self.ordering.plan_samples(plan_seeds, device)
         else:
             plan = self.ordering.plan(batch, generator, device)
-        if not self.prefix_attention:
-            return plan
-        if prefix_length is None:
-            prefix_length = self.draw_prefix(plan.order.shape[0], seeds, generator)
-        return attrs.evolve(plan, prefix_length=prefix_length.to(device))
+        prefix = None
+        if self.prefix_attention:
+            prefix = prefix_length if prefix_length is not None else self.draw_prefix(
+                plan.order.shape[0], seeds, generator)
+            prefix = prefix.to(device)
+        return attrs.evolve(plan, prefix_length=prefix, attention=self.attention)
 
     def draw_prefix(self, batch: int, seeds: Tensor | None = None,
                     generator: torch.Generator | None = None) -> Tensor:

@@ -11,6 +11,7 @@ from torch.utils.checkpoint import checkpoint
 from ..components import EncoderOutput
 from ..plan import Plan
 from ..recipe.schema import EncoderConfig
+from .attention import MaskedAttention
 from .vit import channel_stat, create_vit, shape_overrides
 
 __all__ = ["Encoder", "create_encoder_vit", "default_taps"]
@@ -24,18 +25,19 @@ def default_taps(depth: int) -> tuple[int, ...]:
 def create_encoder_vit(config: EncoderConfig, img_size: int | None, patch_size: int | None,
                        in_chans: int) -> VisionTransformer:
     """The timm model named by the recipe, headless, with the recipe's overrides (``img_size``,
-    ``patch_size`` and ``in_chans`` as resolved from the data and the tokenizer)."""
+    ``patch_size`` and ``in_chans`` as resolved from the data and the tokenizer); its attention
+    layers also take a flex ``BlockMask`` (:class:`MaskedAttention`: timm's parameters)."""
     shape = {**shape_overrides(config), "img_size": img_size, "patch_size": patch_size,
              "in_chans": in_chans}
     return create_vit(config.name, "encoder.name", num_classes=0, global_pool="",
-                      drop_path_rate=config.drop_path, **shape)
+                      drop_path_rate=config.drop_path, attn_layer=MaskedAttention, **shape)
 
 
 class Encoder(nn.Module):
     """Patch (or id) embedding + position, gathered in plan order, block-causal ViT blocks.
 
-    ``vit`` is an unmodified timm VisionTransformer, so the trained encoder exports as a plain
-    timm checkpoint.
+    ``vit`` is a timm VisionTransformer whose attention layers also take a flex ``BlockMask``
+    (same parameters), so the trained encoder exports as a plain timm checkpoint.
     """
 
     def __init__(self, config: EncoderConfig, img_size: int, patch_size: int | None,
@@ -100,7 +102,7 @@ class Encoder(nn.Module):
         if cls is not None:
             x = torch.cat([cls, x], dim=1)  # (B, 1 + L, D)
         x = self.vit.norm_pre(self.vit.pos_drop(x))
-        mask = plan.mask(plan.layout.tokens_per_segment(self.grid), cls is not None)
+        mask = plan.attention_mask(plan.layout.tokens_per_segment(self.grid), cls is not None)
         taps = []
         for index, block in enumerate(self.vit.blocks, start=1):
             if self.grad_checkpointing and self.training:

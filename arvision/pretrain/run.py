@@ -17,6 +17,7 @@ from ..engine.checkpoints import saved_steps
 from ..engine.metrics import MetricLog
 from ..errors import RecipeError
 from ..model import ARModel, Encoder
+from ..model.attention import AttentionBackend, choose_backend
 from ..model.pretrained import PretrainedEncoder, check_fits, load_into, read_pretrained_encoder
 from ..recipe import Recipe
 
@@ -49,6 +50,7 @@ def build_trainer(recipe: Recipe, out_dir: Path, source: str = "recipe") -> Trai
     and the model (the teacher's weights, ``encoder.init``) before the data loader, so a missing
     file stops the run before any worker process starts."""
     start = start_run(recipe, source)
+    attention = attention_backend(recipe, start.device, source)
     blueprint = resolve(recipe, source)
     dataset = build_dataset(recipe.data)
     cache = None
@@ -62,6 +64,7 @@ def build_trainer(recipe: Recipe, out_dir: Path, source: str = "recipe") -> Trai
             step = f" (step {loaded.step})" if loaded.step is not None else ""
             print(f"arvision: encoder starts from {loaded.spec}{step}")
     model = model.to(start.device)
+    model.attention = attention
     model.encoder.grad_checkpointing = recipe.train.activation_checkpointing
     batches = build_batches(dataset, recipe.data, start.micro_batch, blueprint.image.size,
                             recipe.train.seed, start.ranks.rank, start.ranks.world, cache)
@@ -71,6 +74,14 @@ def build_trainer(recipe: Recipe, out_dir: Path, source: str = "recipe") -> Trai
                                frozen=frozen)
     attach_ema(model, trainer, recipe, source)
     return trainer
+
+
+def attention_backend(recipe: Recipe, device: torch.device, source: str) -> AttentionBackend:
+    """``train.attention_backend`` on ``device``; 'flex' without CUDA is a recipe error."""
+    try:
+        return choose_backend(recipe.train.attention_backend, device)
+    except ValueError as exc:
+        raise RecipeError(f"{source}: train.attention_backend: {exc}") from None
 
 
 def attach_ema(model: ARModel, trainer: Trainer, recipe: Recipe, source: str) -> None:

@@ -143,6 +143,10 @@ class TrainConfig:
         "'model' the whole forward (the plan is drawn eagerly), 'none' nothing; true and false "
         "still mean 'blocks' and 'none'", converter=_compile_mode,
         validator=check(lambda v: v in COMPILE_MODES, "one of 'none', 'blocks', 'model'"))
+    attention_backend: Literal["auto", "sdpa", "flex"] = setting(
+        "auto", "pretraining's block-causal attention: 'sdpa' (a boolean mask), 'flex' (flex "
+        "attention with a BlockMask: kernels skip masked blocks; CUDA only), 'auto' (flex on "
+        "CUDA, else sdpa)")
     deterministic: bool = setting(False, "deterministic algorithms (bitwise repeatable runs)")
     log_every: int = setting(10, "log metrics every N steps", validator=positive)
     seed: int = setting(0, "seed for weights, data order, augmentation and segment orders")
