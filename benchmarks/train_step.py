@@ -12,7 +12,10 @@ executes): forward (fp32, or under bf16 autocast), backward, gradient-norm guard
 on CUDA), schedule; each sample's segment order is drawn from its seed inside the step, as in
 training. Modes: ``eager``; ``compile``: the engine's ``train.compile = "model"``, the whole
 forward compiled in place; ``compile-blocks``: ``train.compile = "blocks"``, ``compile()`` on
-every transformer block of the encoder and the decoders. Each configuration runs in a fresh
+every transformer block of the encoder and the decoders; ``reference``: the released D-iGPT model
+restated in eager PyTorch (benchmarks/digpt_reference.py) at the same geometry, its own step
+(benchmarks/reference_step.py), so arvision's overhead shows beside it (its FLOPs are counted on
+the arvision model, the same computation). Each configuration runs in a fresh
 subprocess (with its own, cold inductor cache): a compile failure or a crash becomes that row's
 error, CPU peak RSS is per configuration, and a compile still running after ``--compile-budget``
 seconds is stopped and its row marked skipped. The first compiled step is timed and reported as
@@ -57,6 +60,7 @@ from arvision.model.attention import choose_backend
 from arvision.plugins import get_plugins
 from arvision.pretrain import pretrain_inputs
 from arvision.recipe import structure_recipe
+from reference_step import make_reference_step
 
 __all__ = [
     "Config", "FixedBatches", "Geometry", "count_flops", "format_table", "machine_info", "main",
@@ -66,7 +70,7 @@ __all__ = [
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 PHASE, ROW = "@@phase ", "@@row "  # the worker's progress lines on stdout
-MODES = ("eager", "compile", "compile-blocks")
+MODES = ("eager", "compile", "compile-blocks", "reference")
 #: mode -> the engine's train.compile
 COMPILE_KEY = {"compile": "model", "compile-blocks": "blocks"}
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -93,7 +97,8 @@ class Geometry:
 @dataclass(frozen=True)
 class Config:
     precision: str = "fp32"  # or "bf16" (autocast)
-    mode: str = "eager"  # "compile": the whole model; "compile-blocks": each transformer block
+    mode: str = "eager"  # "compile": the whole model; "compile-blocks": each transformer block;
+    # "reference": the released D-iGPT model restated (benchmarks/reference_step.py)
     batch: int = 8
     attention: str = "auto"  # train.attention_backend: "auto" (flex on CUDA), "sdpa", "flex"
 
@@ -111,7 +116,8 @@ def recipe_data(geometry: Geometry) -> dict[str, Any]:
 
     def decoder(predicts: str, key: str) -> dict[str, Any]:
         return {"name": "transformer", "predicts": predicts, "key": key, "dim": g.decoder_dim,
-                "depth": g.decoder_depth, "num_heads": g.decoder_heads}
+                "depth": g.decoder_depth, "num_heads": g.decoder_heads,
+                "memory_norm_eps": 1e-5}  # as released: the reference mode converts exactly
 
     return {
         "run": {"name": "bench_train_step"},
@@ -250,6 +256,8 @@ def make_step(config: Config, geometry: Geometry, device: torch.device):
     As in training, every sample's segment order is drawn from its own seed inside the step.
     """
     blueprint = make_blueprint(geometry)
+    if config.mode == "reference":
+        return make_released_step(config, blueprint, device)
     train = {"batch_size": config.batch, "precision": config.precision, "device": str(device),
              "base_lr": 1e-4, "compile": COMPILE_KEY.get(config.mode, "none"),
              "attention_backend": config.attention}
@@ -266,6 +274,17 @@ def make_step(config: Config, geometry: Geometry, device: torch.device):
     trainer = assemble_trainer(start, out, model, FixedBatches(batch), pretrain_inputs,
                                ema_source=model.encoder, shard_units=model.encoder.vit.blocks)
     return trainer.train_step
+
+
+def make_released_step(config: Config, blueprint: Blueprint, device: torch.device):
+    """The ``reference`` mode: the released model's step at the blueprint's geometry, seeded and
+    fed like :func:`make_step`."""
+    torch.manual_seed(0)
+    images, tokens = make_inputs(blueprint, config.batch, device)
+    _model, step = make_reference_step(blueprint, images, tokens.tokens, tokens.cls,
+                                       DTYPES[config.precision] if config.precision != "fp32"
+                                       else None)
+    return step
 
 
 def time_steps(step, count: int, device: torch.device) -> list[float]:
@@ -294,7 +313,7 @@ def run_config(config: Config, geometry: Geometry = Geometry(), steps: int = 5, 
     told "compile" before the first compiled step and "timed" after it.
     """
     row: dict[str, Any] = {**asdict(config), "status": "ok", "steps": steps, "warmup": warmup}
-    dev, compiling = torch.device(device), config.mode != "eager"
+    dev, compiling = torch.device(device), config.mode in COMPILE_KEY
     memory = _Memory(dev)
     try:
         step = make_step(config, geometry, dev)

@@ -5,6 +5,7 @@ import sys
 from dataclasses import asdict
 
 import pytest
+import torch
 
 from conftest import REPO
 
@@ -67,3 +68,39 @@ def test_isolated_run_returns_the_worker_row(bench):
     row = bench.run_isolated(spec, compile_budget=60, timeout=300)
     assert row["status"] == "ok", row.get("error")
     assert row["images_per_s"] > 0 and row["flops_per_step"] > 0
+
+
+def released_tiny(bench):
+    # The released layout at a tiny width: depth 12 (taps 6/8/10/12), two equal decoders.
+    return bench.Geometry(img_size=32, patch_size=8, embed_dim=16, depth=12, num_heads=2,
+                          teacher_size=56, decoder_dim=32, decoder_depth=1, decoder_heads=2)
+
+
+def test_reference_mode_gives_a_row(bench):
+    row = bench.run_config(bench.Config("fp32", "reference", 2), released_tiny(bench), steps=1,
+                           warmup=1, matmul_n=128)
+    assert row["status"] == "ok", row.get("error")
+    assert row["images_per_s"] > 0 and "compile_s" not in row
+
+
+def test_the_released_model_converts_to_the_benchmarked_one(bench):
+    """The reference mode times the model arvision's rows time: the released model's weights,
+    converted, load into the benchmark's ARModel and give its losses."""
+    from arvision.build import build_model
+    from arvision.convert import convert_digpt_official
+    from reference_step import reference_model, reference_targets
+
+    blueprint = bench.make_blueprint(released_tiny(bench))
+    torch.manual_seed(0)
+    released = reference_model(blueprint).eval()
+    model = build_model(blueprint, with_tokenizer=False).eval()
+    model.load_state_dict(convert_digpt_official(released.state_dict(), blueprint.recipe))
+    images, tokens = bench.make_inputs(blueprint, 2, "cpu")
+    perm = torch.stack([torch.randperm(4) for _ in range(2)])
+    mean, std = (torch.tensor(v)[:, None, None] for v in (bench.IMAGENET_MEAN, bench.IMAGENET_STD))
+    with torch.no_grad():
+        generative, discriminative = released((images - mean) / std,
+                                              reference_targets(tokens.tokens, tokens.cls), perm)
+        parts = model(images, tokens=tokens, order=perm).parts
+    torch.testing.assert_close(parts["generative"], generative, rtol=0, atol=1e-5)
+    torch.testing.assert_close(parts["discriminative"], discriminative, rtol=0, atol=1e-5)
