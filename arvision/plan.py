@@ -99,8 +99,8 @@ def prefix_causal_mask(num_segments: int, tokens_per_segment: int, cls: bool,
 def flex_block_mask(num_segments: int, tokens_per_segment: int, cls: bool,
                     prefix_length: Tensor | None = None, device=None) -> BlockMask:
     """:func:`block_causal_mask` (or with ``prefix_length`` (B,), :func:`prefix_causal_mask`) as
-    a flex attention ``BlockMask`` over (1 + ) L queries and keys: one for the batch, or one per
-    sample with a prefix.
+    a flex attention ``BlockMask`` over [CLS +] L queries and keys: one for the batch, or one
+    per sample (B) with a prefix.
 
     Each position carries its segment's index, CLS that of the last segment: it then sees every
     token, and only the last segment sees it, as in the boolean mask.

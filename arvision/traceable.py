@@ -15,7 +15,8 @@ __all__ = ["traceable"]
 
 T = TypeVar("T", bound=type)
 
-#: The name attrs' generated ``__init__`` looks its field setter up by (attrs 22.2 to 26.1).
+#: The name attrs' generated ``__init__`` looks its field setter up by (attrs 26.1; should it
+#: change, tests/test_compile_model.py fails rather than this passing silently in training).
 _SETTER_FACTORY = "_cached_setattr_get"
 
 

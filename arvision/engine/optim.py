@@ -1,5 +1,5 @@
 """The optimisation every run shares: AdamW over parameter groups, warmup + cosine per step, the
-autocast precision, and regional compilation."""
+autocast precision, and compilation (per block or the whole model)."""
 
 import contextlib
 import logging
@@ -14,8 +14,7 @@ from torch import nn
 from ..recipe.schema import TrainConfig
 
 __all__ = ["AUTOCAST_DTYPES", "ParamGroups", "autocast", "compile_blocks", "compile_model",
-           "make_optimizer",
-           "make_scheduler"]
+           "make_optimizer", "make_scheduler"]
 
 # timm warns that the cosine has no effect when the warmup takes all but one step (short runs, a
 # fine-tuning shortened with --set train.epochs): the schedule is still what the recipe asks for.

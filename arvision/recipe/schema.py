@@ -13,9 +13,9 @@ import attrs
 from ..config import FieldError, check, model_override, non_negative, positive, setting
 from ..registry import Registration
 
-__all__ = ["COMPILE_MODES", "ComponentTable", "DataConfig", "DecoderTable", "EncoderConfig", "EvalConfig",
-           "LogConfig", "OrderingTable", "Recipe", "RunConfig", "SyntheticConfig", "TargetTable",
-           "TokenizerTable", "TrainConfig"]
+__all__ = ["COMPILE_MODES", "ComponentTable", "DataConfig", "DecoderTable", "EncoderConfig",
+           "EvalConfig", "LogConfig", "OrderingTable", "Recipe", "RunConfig", "SyntheticConfig",
+           "TargetTable", "TokenizerTable", "TrainConfig"]
 
 @attrs.frozen
 class EncoderConfig:
