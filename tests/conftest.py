@@ -62,7 +62,7 @@ def pytest_collection_modifyitems(config, items):
         return
     needs_cuda = pytest.mark.skip(reason="needs CUDA")
     for item in items:
-        if "gpu" in item.keywords:
+        if item.get_closest_marker("gpu") is not None:
             item.add_marker(needs_cuda)
 
 
