@@ -19,6 +19,7 @@ from arvision.data.sources import image_spec
 from arvision.errors import RecipeError
 from arvision.recipe import (
     DataConfig,
+    LogConfig,
     RunConfig,
     TokenizerTable,
     TrainConfig,
@@ -84,6 +85,7 @@ class VQKDRecipe:
     data: DataConfig = attrs.Factory(DataConfig)
     train: TrainConfig = attrs.Factory(TrainConfig)
     run: RunConfig = attrs.Factory(RunConfig)
+    log: LogConfig = attrs.Factory(LogConfig)  # experiment trackers, as in any run
 
 
 @attrs.frozen
