@@ -82,3 +82,20 @@ def run_cli(capsys, *argv) -> tuple[int, str, str]:
         code = exc.code or 0
     out, err = capsys.readouterr()
     return code, out, err
+
+
+@pytest.fixture(scope="session")
+def exported(tmp_path_factory):
+    """A tiny pretraining, its export and that export in a Hub cache (teachers.exported_run)."""
+    from teachers import EXPORT_NORMALIZATION, exported_run
+
+    return exported_run(tmp_path_factory.mktemp("exported"), **EXPORT_NORMALIZATION)
+
+
+@pytest.fixture
+def hub(exported, monkeypatch):
+    """huggingface_hub reads the test's cache (offline)."""
+    import huggingface_hub
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(exported["cache"]))
+    assert huggingface_hub.constants.HF_HUB_OFFLINE

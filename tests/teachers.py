@@ -147,6 +147,8 @@ def write_vit_checkpoint(path: Path, model=None) -> Path:
 
 #: The Hub name under which :func:`exported_run` caches its export.
 EXPORT_REPO = "arv/tiny-vit"
+#: The exported test encoder's input normalisation (not the defaults, so a lost one shows).
+EXPORT_NORMALIZATION = {"mean": [0.3, 0.5, 0.7], "std": [0.2, 0.25, 0.3]}
 
 
 def fake_hub_folder(cache: Path, repo_id: str, folder: Path) -> Path:
@@ -182,3 +184,10 @@ def exported_run(root: Path, **encoder) -> dict:
                if key.startswith("encoder.vit.")}
     return {"checkpoint": result.checkpoint, "folder": folder, "cache": root / "hub",
             "weights": weights}
+
+
+def export_spec(exported: dict, form: str) -> str:
+    """How a user names the :func:`exported_run` encoder: its folder, ``local-dir:`` or
+    ``hf-hub:`` name, or its arvision checkpoint."""
+    return {"folder": str(exported["folder"]), "local-dir": f"local-dir:{exported['folder']}",
+            "hf-hub": f"hf-hub:{EXPORT_REPO}", "checkpoint": str(exported["checkpoint"])}[form]

@@ -4,7 +4,6 @@ tests fill, offline)."""
 
 import shutil
 
-import huggingface_hub
 import pytest
 import torch
 
@@ -13,25 +12,9 @@ from arvision.plugins import get_plugins
 from arvision.pretrain import build_trainer, train
 from arvision.recipe import structure_recipe
 from conftest import TINY, tiny_data
-from teachers import EXPORT_REPO, exported_run
+from teachers import EXPORT_NORMALIZATION, export_spec
 
-ENCODER = {"mean": [0.3, 0.5, 0.7], "std": [0.2, 0.25, 0.3]}
-
-
-@pytest.fixture(scope="module")
-def source(tmp_path_factory):
-    """A tiny pretraining, its export and that export in a Hub cache (as EXPORT_REPO)."""
-    return exported_run(tmp_path_factory.mktemp("source"), **ENCODER)
-
-
-@pytest.fixture
-def hub(source, monkeypatch):
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(source["cache"]))
-
-
-def spec_of(source, form: str) -> str:
-    return {"folder": str(source["folder"]), "hf-hub": f"hf-hub:{EXPORT_REPO}",
-            "checkpoint": str(source["checkpoint"])}[form]
+ENCODER = EXPORT_NORMALIZATION
 
 
 def assert_same_weights(state: dict, weights: dict) -> None:
@@ -46,17 +29,17 @@ def init_recipe(spec: str, **encoder):
 
 
 @pytest.mark.parametrize("form", ["folder", "hf-hub", "checkpoint"])
-def test_pretraining_starts_from_encoder_init(source, hub, tmp_path, capsys, form):
-    trainer = build_trainer(init_recipe(spec_of(source, form)), tmp_path / "run", "init.toml")
-    assert_same_weights(trainer.model.encoder.vit.state_dict(), source["weights"])
-    assert f"arvision: encoder starts from {spec_of(source, form)}" in capsys.readouterr().out
+def test_pretraining_starts_from_encoder_init(exported, hub, tmp_path, capsys, form):
+    trainer = build_trainer(init_recipe(export_spec(exported, form)), tmp_path / "run", "init.toml")
+    assert_same_weights(trainer.model.encoder.vit.state_dict(), exported["weights"])
+    assert f"arvision: encoder starts from {export_spec(exported, form)}" in capsys.readouterr().out
     # the EMA (when kept) and the optimiser start from there too: training moves on from it
     assert trainer.ema is None and trainer.step == 0
 
 
-def test_a_resumed_run_does_not_read_encoder_init_again(source, tmp_path, capsys):
+def test_a_resumed_run_does_not_read_encoder_init_again(exported, tmp_path, capsys):
     folder = tmp_path / "init"
-    shutil.copytree(source["folder"], folder)
+    shutil.copytree(exported["folder"], folder)
     recipe = init_recipe(str(folder))
     first = train(recipe, tmp_path / "run", "init.toml")
     assert "encoder starts from" in capsys.readouterr().out
@@ -75,8 +58,8 @@ def test_a_resumed_run_does_not_read_encoder_init_again(source, tmp_path, capsys
     ({"embed_dim": 48}, RecipeError, "encoder.embed_dim: 48 does not match"),
     ({"init": "gone.pt"}, CheckpointError, "encoder.init: gone.pt: checkpoint not found"),
 ])
-def test_encoder_init_problems_are_one_line(source, tmp_path, encoder, error, message):
-    recipe = init_recipe(str(source["folder"]), **encoder)
+def test_encoder_init_problems_are_one_line(exported, tmp_path, encoder, error, message):
+    recipe = init_recipe(str(exported["folder"]), **encoder)
     with pytest.raises(error) as info:
         build_trainer(recipe, tmp_path / "run", "init.toml")
     assert message in str(info.value) and "\n" not in str(info.value)

@@ -8,7 +8,6 @@ the Hub's layout (``models--ORG--NAME/snapshots/REV``, ``refs/main``) while HF_H
 
 import json
 
-import huggingface_hub
 import pytest
 import timm
 import tomli_w
@@ -19,28 +18,10 @@ from arvision.finetune import build_finetuner, structure_finetune_recipe
 from arvision.model.timm_folder import read_timm_folder
 from arvision_plugins.timm_teacher import TimmTeacher, TimmTeacherConfig
 from conftest import TINY, run_cli, tiny_data
-from teachers import EXPORT_REPO, exported_run
+from teachers import EXPORT_NORMALIZATION, EXPORT_REPO, export_spec
 
-ENCODER = {"mean": [0.3, 0.5, 0.7], "std": [0.2, 0.25, 0.3]}
+ENCODER = EXPORT_NORMALIZATION
 SHAPE = {"img_size": 16, "patch_size": 4, "embed_dim": 32, "depth": 2, "num_heads": 2}
-
-
-@pytest.fixture(scope="module")
-def source(tmp_path_factory):
-    """A tiny pretraining, its export and that export in a Hub cache (as EXPORT_REPO)."""
-    return exported_run(tmp_path_factory.mktemp("source"), **ENCODER)
-
-
-@pytest.fixture
-def hub(source, monkeypatch):
-    """huggingface_hub reads the test's cache (offline)."""
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(source["cache"]))
-    assert huggingface_hub.constants.HF_HUB_OFFLINE
-
-
-def spec_of(source, form: str) -> str:
-    return {"folder": str(source["folder"]), "local-dir": f"local-dir:{source['folder']}",
-            "hf-hub": f"hf-hub:{EXPORT_REPO}", "checkpoint": str(source["checkpoint"])}[form]
 
 
 def assert_same_weights(state: dict, weights: dict) -> None:
@@ -50,15 +31,15 @@ def assert_same_weights(state: dict, weights: dict) -> None:
 
 
 @pytest.mark.parametrize("form", ["folder", "local-dir", "hf-hub"])
-def test_timm_reads_the_same_model_arvision_reads(source, hub, form):
-    spec = spec_of(source, form)
+def test_timm_reads_the_same_model_arvision_reads(exported, hub, form):
+    spec = export_spec(exported, form)
     folder = read_timm_folder(spec, "key")
     assert folder.architecture == "vit_tiny_patch16_224"
     assert folder.model_args == {**SHAPE, "in_chans": 3, "class_token": True}
     assert folder.stat("mean") == (0.3, 0.5, 0.7)
-    assert_same_weights(folder.weights(), source["weights"])
+    assert_same_weights(folder.weights(), exported["weights"])
     name = spec if spec.startswith(("hf-hub:", "local-dir:")) else f"local-dir:{spec}"
-    assert_same_weights(timm.create_model(name, pretrained=True).state_dict(), source["weights"])
+    assert_same_weights(timm.create_model(name, pretrained=True).state_dict(), exported["weights"])
 
 
 # --- the timm teacher ----------------------------------------------------------------------------
@@ -72,13 +53,13 @@ def teacher_tokens(config: TimmTeacherConfig, images: torch.Tensor):
 
 @pytest.mark.parametrize("form", ["folder", "local-dir", "hf-hub"])
 def test_a_timm_teacher_reads_a_folder_or_hub_name_without_naming_the_architecture(
-        source, hub, form):
+        exported, hub, form):
     images = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
     reference, _ = teacher_tokens(TimmTeacherConfig(
-        model="vit_tiny_patch16_224", checkpoint=str(source["checkpoint"]), **SHAPE,
+        model="vit_tiny_patch16_224", checkpoint=str(exported["checkpoint"]), **SHAPE,
         mean=tuple(ENCODER["mean"]), std=tuple(ENCODER["std"]), precision="fp32"), images)
     # model, the overrides, mean and std all come from config.json
-    tokens, teacher = teacher_tokens(TimmTeacherConfig(checkpoint=spec_of(source, form),
+    tokens, teacher = teacher_tokens(TimmTeacherConfig(checkpoint=export_spec(exported, form),
                                                        precision="fp32"), images)
     assert teacher.mean.flatten().tolist() == pytest.approx(ENCODER["mean"])
     torch.testing.assert_close(tokens.tokens, reference.tokens, rtol=0, atol=0)
@@ -93,9 +74,9 @@ def test_a_timm_teacher_reads_a_folder_or_hub_name_without_naming_the_architectu
     ({"checkpoint": "local-dir:/nowhere"}, "local-dir:/nowhere is not a folder"),
     ({}, "tokenizer.model: required unless tokenizer.checkpoint is a folder"),
 ])
-def test_teacher_folder_problems_are_one_line_before_training(source, hub, tmp_path, capsys,
+def test_teacher_folder_problems_are_one_line_before_training(exported, hub, tmp_path, capsys,
                                                               tokenizer, message):
-    table = {"name": "timm", "checkpoint": str(source["folder"]), **tokenizer}
+    table = {"name": "timm", "checkpoint": str(exported["folder"]), **tokenizer}
     if not tokenizer:
         del table["checkpoint"]
     path = tmp_path / "teacher.toml"
@@ -115,11 +96,11 @@ def finetune_recipe(spec: str, **encoder):
 
 
 @pytest.mark.parametrize("form", ["folder", "hf-hub", "checkpoint"])
-def test_finetuning_starts_from_a_folder_a_hub_name_or_a_checkpoint(source, hub, tmp_path, form):
-    trainer, loaded = build_finetuner(finetune_recipe(spec_of(source, form)), tmp_path, "tune.toml")
-    assert loaded["checkpoint"] == spec_of(source, form)
+def test_finetuning_starts_from_a_folder_a_hub_name_or_a_checkpoint(exported, hub, tmp_path, form):
+    trainer, loaded = build_finetuner(finetune_recipe(export_spec(exported, form)), tmp_path, "tune.toml")
+    assert loaded["checkpoint"] == export_spec(exported, form)
     state = trainer.model.vit.state_dict()
-    expected = {key: value for key, value in source["weights"].items()
+    expected = {key: value for key, value in exported["weights"].items()
                 if not key.startswith("norm.")}  # average pooling: fc_norm (new) replaces norm
     assert_same_weights({key: state[key] for key in expected}, expected)
 
@@ -128,21 +109,21 @@ def test_finetuning_starts_from_a_folder_a_hub_name_or_a_checkpoint(source, hub,
     ({"depth": 3}, "encoder.depth: 3 does not match the encoder of finetune.checkpoint"),
     ({"mean": [0.5]}, "encoder.mean: (0.5,) does not match the encoder of finetune.checkpoint"),
 ])
-def test_a_finetune_recipe_that_describes_another_encoder_is_one_line(source, tmp_path, encoder,
+def test_a_finetune_recipe_that_describes_another_encoder_is_one_line(exported, tmp_path, encoder,
                                                                       message):
     with pytest.raises(RecipeError) as info:
-        build_finetuner(finetune_recipe(str(source["folder"]), **encoder), tmp_path, "tune.toml")
+        build_finetuner(finetune_recipe(str(exported["folder"]), **encoder), tmp_path, "tune.toml")
     assert message in str(info.value) and "\n" not in str(info.value)
 
 
-def test_eval_finetune_of_a_folder_asks_for_a_recipe(source, capsys):
-    code, _out, err = run_cli(capsys, "eval", "finetune", source["folder"])
+def test_eval_finetune_of_a_folder_asks_for_a_recipe(exported, capsys):
+    code, _out, err = run_cli(capsys, "eval", "finetune", exported["folder"])
     assert code == 2 and "pass --recipe with a [finetune] table" in err
     assert len(err.strip().splitlines()) == 1
 
 
-def test_check_shows_where_a_finetuning_starts(source, tmp_path, capsys):
-    for spec, shown in ((str(source["folder"]), f"{source['folder']}, its model weights"),
+def test_check_shows_where_a_finetuning_starts(exported, tmp_path, capsys):
+    for spec, shown in ((str(exported["folder"]), f"{exported['folder']}, its model weights"),
                         (f"hf-hub:{EXPORT_REPO}", f"hf-hub:{EXPORT_REPO}, its model weights"),
                         ("gone/export", "gone/export (not found yet), its model weights")):
         path = tmp_path / "tune.toml"
