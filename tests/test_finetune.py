@@ -232,13 +232,14 @@ def test_data_workers_render_the_same_batches(pretrained, tmp_path):
 
 @pytest.mark.slow
 def test_supervised_fashion_mnist_recipe_learns(tmp_path, monkeypatch):
-    """recipes/supervised_fmnist.toml for 200 steps (a ninth of its 10 epochs) with every
-    augmentation on: measured 31.4% top-1 on the first 2000 test images (chance 10%)."""
+    """recipes/supervised_fmnist.toml for 200 steps of 64 images (a ninth of an epoch of its
+    batch) with every augmentation on: measured 33.2% top-1 on the first 2000 test images (chance
+    10%), the last 20 losses 0.92 of the first 20, in 2 minutes on 2 cores."""
     from arvision.finetune import load_finetune_recipe
     require_fashion_mnist()
     monkeypatch.chdir(REPO)
     recipe = load_finetune_recipe(REPO / "recipes" / "supervised_fmnist.toml", [
-        "train.steps=200", "train.warmup_epochs=0.1", "train.log_every=50",
+        "train.steps=200", "train.batch_size=64", "train.warmup_epochs=0.1", "train.log_every=50",
         "finetune.eval_limit=2000"])
     result = finetune(recipe, tmp_path, "supervised_fmnist.toml")
     assert result.scores["top1"] > 25 and result.scores["eval_images"] == 2000
