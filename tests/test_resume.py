@@ -155,3 +155,24 @@ def test_truncated_latest_checkpoint_is_named(tmp_path):
     latest.write_bytes(latest.read_bytes()[:100])
     with pytest.raises(CheckpointError, match="step_00000004.pt: unreadable checkpoint"):
         train(recipe, tmp_path / "run")
+
+
+def test_steps_logged_past_the_resumed_checkpoint_are_logged_once(tmp_path):
+    """A run killed after logging steps its last checkpoint does not hold (here: the step-4
+    checkpoint removed, and a line torn mid-write) runs those steps again; metrics.jsonl then
+    holds each step once, with the values of the uninterrupted run."""
+    recipe = structure_recipe(tiny_data(train={"steps": 4, "checkpoint_every": 2, "log_every": 1}),
+                              "log.toml", get_plugins())
+    train(recipe, tmp_path / "whole")
+    whole = [json.loads(line) for line in (tmp_path / "whole" / "metrics.jsonl").read_text()
+             .splitlines()]
+    train(recipe, tmp_path / "killed")
+    for name in ("checkpoint.pt", "checkpoints/step_00000004.pt"):
+        (tmp_path / "killed" / name).unlink()
+    with (tmp_path / "killed" / "metrics.jsonl").open("a") as log:
+        log.write('{"step": 5, "lo')  # torn
+    train(recipe, tmp_path / "killed")
+    again = [json.loads(line) for line in (tmp_path / "killed" / "metrics.jsonl").read_text()
+             .splitlines()]
+    assert [row["step"] for row in again] == [1, 2, 3, 4]
+    assert [row["loss"] for row in again] == [row["loss"] for row in whole]

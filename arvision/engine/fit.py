@@ -100,7 +100,7 @@ def fit(trainer: Trainer, log: MetricLog | None = None) -> TrainResult:
     losses, ok = [], False
     try:
         if log is not None:
-            log.start(trainer.total_steps)
+            log.start(trainer.total_steps, trainer.step)
         while trainer.step < trainer.total_steps:
             metrics = trainer.train_step()
             losses.append(metrics["loss"])

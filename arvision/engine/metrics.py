@@ -2,6 +2,7 @@
 MLflow, W&B: :mod:`.trackers`) and the terminal."""
 
 import json
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -50,10 +51,15 @@ class MetricLog:
         self.total = 0
         self.step = 0
 
-    def start(self, total_steps: int) -> None:
-        """Open ``metrics.jsonl`` and the trackers (continuing their runs), show progress."""
+    def start(self, total_steps: int, resumed_step: int = 0) -> None:
+        """Open ``metrics.jsonl`` and the trackers (continuing their runs), show progress.
+
+        ``resumed_step``: the step of the checkpoint training continues from; lines logged past
+        it (by a run killed before its next checkpoint) are dropped, as those steps run again.
+        """
         self.total = total_steps
         if self.jsonl is None:
+            drop_steps_after(self.out_dir / "metrics.jsonl", resumed_step)
             self.trackers = open_trackers(self.recipe.log, self.out_dir, recipe_to_dict(self.recipe))
             for tracker in self.trackers:
                 if tracker.where:
@@ -115,3 +121,23 @@ class MetricLog:
         if self.jsonl is not None:
             self.jsonl.close()
             self.jsonl = None
+
+
+def drop_steps_after(path: Path, step: int) -> None:
+    """Rewrite ``path`` (JSON lines with a ``step``) without the lines past ``step``, atomically;
+    a torn last line (a run killed mid-write) goes too."""
+    if not path.exists():
+        return
+    lines = path.read_text().splitlines()
+    kept = [line for line in lines if _step_of(line) is not None and _step_of(line) <= step]
+    if len(kept) < len(lines):
+        partial = path.with_name(f".{path.name}.partial")
+        partial.write_text("".join(f"{line}\n" for line in kept))
+        os.replace(partial, path)
+
+
+def _step_of(line: str) -> int | None:
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return None
