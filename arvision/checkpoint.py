@@ -15,8 +15,16 @@ import torch
 
 from .errors import CheckpointError, listed
 
-__all__ = ["UnreadableFile", "key_mismatches", "load_checkpoint", "read_weights_only",
-           "refuse_unsafe_file", "save_atomic", "save_checkpoint"]
+__all__ = [
+    "UnreadableFile",
+    "key_mismatches",
+    "load_checkpoint",
+    "read_weights_only",
+    "refuse_unsafe_file",
+    "require_pretraining",
+    "save_atomic",
+    "save_checkpoint",
+]
 
 FORMAT = "arvision-checkpoint"
 #: Lines of torch's weights_only errors that are advice (re-run with weights_only=False, ...),
@@ -166,3 +174,15 @@ def key_mismatches(found: dict[str, Any], expected: dict[str, Any]) -> list[str]
               for key in sorted(set(found) & set(expected)) if shape(found[key]) != shape(expected[key])]
     return [f"{label} {listed(keys)}" for label, keys in (
         ("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatch", shapes)) if keys]
+
+
+def require_pretraining(path: str | Path, state: dict[str, Any], purpose: str) -> None:
+    """A one-line CheckpointError unless ``state`` is a pretraining checkpoint with its recipe:
+    names the kind it is instead (a fine-tuning or VQ-KD run), before its recipe is read."""
+    kind = state.get("kind", "pretrain")
+    if kind != "pretrain":
+        raise CheckpointError(f"{path}: not a pretraining checkpoint but a {kind} run's; "
+                              f"{purpose} reads the encoder of an `arvision run` pretraining")
+    if not isinstance(state.get("recipe"), dict) or not isinstance(state.get("model"), dict):
+        raise CheckpointError(f"{path}: not a pretraining checkpoint (no recipe and model weights: "
+                              "not written by `arvision run`)")

@@ -24,7 +24,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from ..build import Blueprint, build_model, resolve
-from ..checkpoint import load_checkpoint, read_weights_only, save_atomic
+from ..checkpoint import load_checkpoint, read_weights_only, require_pretraining, save_atomic
 from ..components import Tokenizer
 from ..data.loader import Transformed, worker_count
 from ..data.sources import build_dataset
@@ -91,9 +91,7 @@ def load_encoder(checkpoint: str | Path, random_init: bool = False,
     """
     path = Path(checkpoint)
     state = load_checkpoint(path)
-    if not isinstance(state.get("recipe"), dict) or not isinstance(state.get("model"), dict):
-        raise CheckpointError(f"{path}: holds no recipe and model weights (not written by "
-                              "`arvision run`)")
+    require_pretraining(path, state, "probing")
     recipe = structure_recipe(state["recipe"], str(path), plugins or get_plugins())
     blueprint = resolve(recipe, str(path))
     with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's RNG

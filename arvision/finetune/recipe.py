@@ -10,9 +10,9 @@ from typing import Any, ClassVar, Literal
 
 import attrs
 
-from ..checkpoint import load_checkpoint
+from ..checkpoint import load_checkpoint, require_pretraining
 from ..config import make_converter, non_negative, positive, probability, setting, unit_interval
-from ..errors import CheckpointError, RecipeError
+from ..errors import RecipeError
 from ..model.timm_folder import is_timm_folder
 from ..plugins import get_plugins
 from ..recipe import (
@@ -148,9 +148,7 @@ def finetune_tables(checkpoint: Path, recipe_path: Path | None = None,
                           "pretraining; pass --recipe with a [finetune] table")
     else:
         state = load_checkpoint(checkpoint)
-        if state.get("kind", "pretrain") != "pretrain" or not isinstance(state.get("recipe"), dict):
-            raise CheckpointError(f"{checkpoint}: not a pretraining checkpoint written by "
-                                  "`arvision run`")
+        require_pretraining(checkpoint, state, "fine-tuning")
         data = derive_finetune_recipe(checkpoint, structure_recipe(state["recipe"], str(checkpoint),
                                                                    get_plugins()))
     data.setdefault("finetune", {})["checkpoint"] = str(checkpoint)

@@ -17,7 +17,7 @@ from timm.layers import resample_abs_pos_embed
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor
 
-from ..checkpoint import key_mismatches, load_checkpoint
+from ..checkpoint import key_mismatches, load_checkpoint, require_pretraining
 from ..data.sources import image_spec
 from ..errors import CheckpointError, RecipeError
 from ..plugins import Plugins, get_plugins
@@ -84,9 +84,7 @@ def read_pretrained_encoder(spec: str, key: str, weights: str = "model",
         raise CheckpointError(f"{key}: {spec}: checkpoint not found (expected an arvision "
                               "checkpoint, a folder written by `arvision export`, or hf-hub:ORG/NAME)")
     state = load_checkpoint(path)
-    if state.get("kind", "pretrain") != "pretrain" or not isinstance(state.get("recipe"), dict):
-        raise CheckpointError(f"{path}: not a pretraining checkpoint (fine-tune the checkpoint of "
-                              "an `arvision run` pretraining)")
+    require_pretraining(path, state, key)
     recipe = structure_recipe(state["recipe"], f"{path} (its recipe)", plugins or get_plugins())
     if recipe.encoder.stem == "tokens":
         raise CheckpointError(f"{path}: encoder.stem = 'tokens': the encoder embeds token ids and "
