@@ -35,3 +35,12 @@ def test_another_runs_checkpoint_is_one_line_naming_its_kind(other_run, argv, pu
     assert code == 2 and len(lines) == 1, err
     assert f"not a pretraining checkpoint but a {kind} run's" in lines[0] and str(path) in lines[0]
     assert purpose in lines[0]
+
+
+def test_a_file_without_recipe_and_weights_is_one_line(tmp_path, capsys):
+    path = tmp_path / "bare.pt"
+    save_checkpoint(path, {"step": 3})  # an arvision checkpoint file with nothing to rebuild
+    code, _out, err = run_cli(capsys, "eval", "knn", path, "--out", tmp_path / "out")
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1, err
+    assert f"{path}: not a pretraining checkpoint (no recipe and model weights" in lines[0]

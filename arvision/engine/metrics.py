@@ -129,7 +129,7 @@ def drop_steps_after(path: Path, step: int) -> None:
     if not path.exists():
         return
     lines = path.read_text().splitlines()
-    kept = [line for line in lines if _step_of(line) is not None and _step_of(line) <= step]
+    kept = [line for line in lines if (logged := _step_of(line)) is not None and logged <= step]
     if len(kept) < len(lines):
         partial = path.with_name(f".{path.name}.partial")
         partial.write_text("".join(f"{line}\n" for line in kept))
