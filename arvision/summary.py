@@ -10,20 +10,10 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from .build import Blueprint, build_model
-from .components import Tokens
+from .engine.optim import precision_label
+from .memory import ADAMW_BYTES_PER_PARAM, estimate_memory, fake_tokens
 
 __all__ = ["summarize"]
-
-ADAMW_BYTES_PER_PARAM = 16  # fp32 weight, gradient and two moments
-
-
-def _fake_tokens(blueprint: Blueprint, batch: int) -> Tokens:
-    spec = blueprint.tokens
-    if spec.discrete:
-        tokens = torch.zeros(batch, *spec.grid, dtype=torch.long)
-    else:
-        tokens = torch.zeros(batch, *spec.grid, spec.dim)
-    return Tokens(tokens, torch.zeros(batch, spec.dim) if spec.cls else None)
 
 
 def _count(module: torch.nn.Module) -> int:
@@ -37,9 +27,9 @@ def summarize(blueprint: Blueprint) -> dict[str, Any]:
         model = build_model(blueprint, with_tokenizer=False)
         images = torch.zeros(1, image.channels, image.size, image.size)
         with FlopCounterMode(display=False) as forward:
-            model(images, tokens=_fake_tokens(blueprint, 1))
+            model(images, tokens=fake_tokens(blueprint, 1))
         with FlopCounterMode(display=False) as step:
-            model(images, tokens=_fake_tokens(blueprint, 1)).loss.backward()
+            model(images, tokens=fake_tokens(blueprint, 1)).loss.backward()
     parameters = {"encoder": _count(model.encoder),
                   **{f"decoder {key}": _count(dec) for key, dec in model.decoders.items()}}
     total = sum(parameters.values())
@@ -68,4 +58,20 @@ def summarize(blueprint: Blueprint) -> dict[str, Any]:
         "flops_per_image": {"forward": forward.get_total_flops(),
                             "train_step": step.get_total_flops()},
         "train_state_bytes": total * ADAMW_BYTES_PER_PARAM,
+        "precision": precision_label(recipe.train),
+        "memory": _memory(blueprint),
     }
+
+
+def _memory(blueprint: Blueprint) -> dict[str, Any]:
+    """The estimated peak of one process's training step at its micro-batch (:mod:`.memory`);
+    ``{"error": ...}`` when a component cannot run on fake tensors."""
+    train = blueprint.recipe.train
+    micro = train.micro_batch or train.batch_size
+    try:
+        estimate = estimate_memory(blueprint)
+    except Exception as exc:  # a plugin's forward that reads tensor values
+        return {"error": (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]}
+    return {"per_image_bytes": estimate.per_image_bytes, "fixed_bytes": estimate.fixed_bytes,
+            "state_bytes": estimate.state_bytes, "micro_batch": micro,
+            "peak_bytes": estimate.peak(micro)}

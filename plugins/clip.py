@@ -20,7 +20,8 @@ gives tokens ``ln_post(x[:, 1:]) @ proj`` and CLS ``ln_post(x[:, 0]) @ proj``, w
 pooled output when ``pool_type == 'tok'`` (used as is then; with ``final_ln_after_pool`` too, as
 LayerNorm is per token). ``output_tokens=True`` would give the tokens before ``proj``.
 Input: [0, 1] images, bicubic to ``size``, normalised with the tag's mean/std (CLIP's
-``OPENAI_DATASET_MEAN``/``STD`` for a file), under bf16 autocast by default.
+``OPENAI_DATASET_MEAN``/``STD`` for a file), under bf16 autocast where the device computes bf16
+natively (``precision = "auto"``).
 """
 
 import difflib
@@ -31,7 +32,6 @@ from typing import Any, Literal
 import attrs
 import huggingface_hub.constants
 import open_clip
-import torch
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from open_clip.transformer import VisionTransformer
 from torch import Tensor
@@ -40,6 +40,7 @@ from arvision import hookimpl
 from arvision.checkpoint import refuse_unsafe_file
 from arvision.components import ImageSpec, Tokenizer, Tokens, TokenSpec
 from arvision.config import positive, setting
+from arvision.engine import autocast
 from arvision.errors import CheckpointError
 from arvision.model.vit import channel_stat
 
@@ -59,7 +60,9 @@ class ClipConfig:
                                 "k: the output of block k (1-based), unprojected", validator=positive)
     size: int | None = setting(None, "teacher input side in pixels (default: the model's "
                                "image_size)", validator=positive)
-    precision: Literal["bf16", "fp32"] = setting("bf16", "autocast dtype of the teacher forward")
+    precision: Literal["auto", "bf16", "fp32"] = setting(
+        "auto", "autocast dtype of the teacher forward ('auto': bf16 where the device computes it "
+        "natively, as train.precision)")
     mean: tuple[float, ...] | None = setting(None, "input normalisation mean (default: the tag's, "
                                              "CLIP's for a file)")
     std: tuple[float, ...] | None = setting(None, "input normalisation std (default: the tag's, "
@@ -182,8 +185,7 @@ class ClipTokenizer(Tokenizer):
     def forward(self, images: Tensor) -> Tokens:
         h, w = self.spec.grid
         x = prepare_images(images, self.size, 3, self.mean, self.std)  # (B, 3, size, size)
-        bf16 = self.config.precision == "bf16"
-        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
+        with autocast(x.device, self.config.precision):
             tokens, cls = self.encode(x)
         return Tokens(tokens.float().reshape(x.shape[0], h, w, -1), cls.float())
 

@@ -41,6 +41,7 @@ from arvision import hookimpl
 from arvision.checkpoint import UnreadableFile, read_weights_only
 from arvision.components import ImageSpec, Tokenizer, Tokens, TokenSpec
 from arvision.config import model_override, positive, setting
+from arvision.engine import autocast
 from arvision.errors import CheckpointError, listed
 from arvision.model.timm_folder import TimmFolder, is_timm_folder, read_timm_folder
 from arvision.model.vit import channel_stat, create_vit, shape_overrides
@@ -78,7 +79,9 @@ class TimmTeacherConfig:
         "folder's, else ImageNet's); an arvision checkpoint file expects its recipe's encoder.mean")
     std: tuple[float, ...] | None = setting(None, "input normalisation std (default: the "
                                             "checkpoint folder's, else ImageNet's)")
-    precision: Literal["bf16", "fp32"] = setting("bf16", "autocast dtype of the teacher forward")
+    precision: Literal["auto", "bf16", "fp32"] = setting(
+        "auto", "autocast dtype of the teacher forward ('auto': bf16 where the device computes it "
+        "natively, as train.precision)")
 
 
 def hub_config(config: TimmTeacherConfig) -> TimmFolder | None:
@@ -183,8 +186,7 @@ class TimmTeacher(Tokenizer):
         h, w = self.spec.grid
         x = prepare_images(images, h * self.vit.patch_embed.patch_size[0],
                            self.vit.patch_embed.proj.in_channels, self.mean, self.std)
-        bf16 = self.config.precision == "bf16"
-        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
+        with autocast(x.device, self.config.precision):
             x = self.vit.forward_features(x)  # (B, P + h*w, D): final norm, or block k (pruned)
         x = x.float()
         tokens = x[:, self.vit.num_prefix_tokens:].reshape(x.shape[0], h, w, -1)  # (B, h, w, D)

@@ -128,3 +128,15 @@ def test_missing_and_mismatched_checkpoints_name_the_file(tmp_path, checkpoint):
     checkpoint.write_bytes(b"garbage")
     with pytest.raises(CheckpointError, match="is not a readable weights file"):
         teacher(checkpoint)
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_auto_precision_is_fp32_or_bf16_by_the_hardware(checkpoint, monkeypatch, native):
+    from arvision.engine import optim
+
+    monkeypatch.setattr(optim, "fast_bf16", lambda device_type: native)
+    auto = teacher(checkpoint, precision="auto")(images()).tokens
+    same = teacher(checkpoint, precision="bf16" if native else "fp32")(images()).tokens
+    assert torch.equal(auto, same)
+    if native:  # bf16 rounding shows
+        assert not torch.equal(auto, teacher(checkpoint)(images()).tokens)

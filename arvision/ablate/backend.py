@@ -17,6 +17,7 @@ import attrs
 import torch
 
 from ..build import resolve
+from ..engine.optim import planned_precision
 from ..errors import ArvisionError, RecipeError
 from ..evaluate import (
     KNN_KS,
@@ -56,6 +57,12 @@ def validate(data: dict[str, Any], source: str) -> Recipe:
 def canonical(recipe: Recipe) -> dict[str, Any]:
     """The recipe as plain data (what ``recipe.toml`` and checkpoints hold)."""
     return recipe_to_dict(recipe)
+
+
+def precision_here(record: dict[str, Any]) -> str:
+    """The precision a run of this recipe (as plain data) trains in on this machine."""
+    train = record.get("train", {})
+    return planned_precision(train.get("precision", "auto"), train.get("device", "auto"))
 
 
 def describe(recipe: Recipe, source: str) -> dict[str, Any]:

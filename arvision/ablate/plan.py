@@ -2,7 +2,8 @@
 
     identity  = sha256 of {recipe: the resolved recipe less the keys that do not change results,
                            threads: the CPU threads it computes with,
-                           world: the processes it trains on (Slurm: nodes x GPUs per node)}
+                           world: the processes it trains on (Slurm: nodes x GPUs per node),
+                           precision: train.precision as it resolves here ('auto')}
     directory = OUT/runs/<variant>-<axes>-seed<k>-<identity[:8]>
     finished  = result.json there, written after evaluation, with this identity and protocol
 
@@ -86,8 +87,10 @@ def _without(data: dict[str, Any], keys: tuple[str, ...], prefix: str = "") -> d
 
 
 def identity(record: dict[str, Any], threads: int, world: int = 1) -> str:
-    """sha256 (hex) of what determines a run's results: its recipe, threads and processes."""
-    core = {"recipe": _without(record, NEUTRAL_KEYS), "threads": threads, "world": world}
+    """sha256 (hex) of what determines a run's results: its recipe, threads, processes and the
+    precision it trains in here (``train.precision = "auto"`` depends on the machine)."""
+    core = {"recipe": _without(record, NEUTRAL_KEYS), "threads": threads, "world": world,
+            "precision": backend.precision_here(record)}
     return hashlib.sha256(json.dumps(core, sort_keys=True, default=str).encode()).hexdigest()
 
 

@@ -82,6 +82,16 @@ def check(
                   f"{_si(flops['train_step'])} (student; tokenizer not counted)")
     table.add_row("train state", f"{_si(summary['train_state_bytes'], 'B')} (fp32 weights, grads, "
                   "AdamW moments)")
+    table.add_row("precision", f"{summary['precision']} on this machine")
+    memory = summary["memory"]
+    if "error" in memory:
+        table.add_row("peak memory", f"not estimated: {memory['error']}")
+    else:
+        fixed = memory["fixed_bytes"] + memory["state_bytes"]
+        table.add_row("peak memory", f"about {_si(memory['peak_bytes'], 'B')} a process at "
+                      f"micro-batch {memory['micro_batch']}: {_si(memory['per_image_bytes'], 'B')}"
+                      f" of activations per image + {_si(fixed, 'B')} (estimated; teacher and "
+                      "data loader not counted)")
     Console().print(table)
 
 

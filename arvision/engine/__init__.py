@@ -10,10 +10,11 @@ its batches and the function from a batch to the model's forward arguments; the 
 from ..model import ModelOutput
 from .fit import RESUMABLE_CHANGES, TrainResult, fit
 from .metrics import MetricLog, result_metrics
-from .optim import autocast, compile_blocks, compile_model, make_optimizer, make_scheduler
+from .optim import autocast, compile_blocks, compile_model, make_optimizer, make_scheduler, resolve_precision
 from .setup import RunStart, assemble_trainer, start_run
 from .trainer import BatchInputs, DivergedError, Trainer
 
 __all__ = ["RESUMABLE_CHANGES", "BatchInputs", "DivergedError", "MetricLog", "ModelOutput",
            "RunStart", "TrainResult", "Trainer", "assemble_trainer", "autocast", "compile_blocks",
-           "compile_model", "fit", "make_optimizer", "make_scheduler", "result_metrics", "start_run"]
+           "compile_model", "fit", "make_optimizer", "make_scheduler", "resolve_precision",
+           "result_metrics", "start_run"]

@@ -21,7 +21,7 @@ from torch import nn
 from ..errors import RecipeError
 from ..recipe.schema import TrainConfig
 from .distributed import Ranks, setup, wrap
-from .optim import ParamGroups, compile_model, make_optimizer, make_scheduler
+from .optim import ParamGroups, compile_model, make_optimizer, make_scheduler, resolve_precision
 from .trainer import BatchInputs, Trainer
 
 __all__ = ["RunStart", "assemble_trainer", "micro_batching", "seed_everything", "start_run"]
@@ -106,7 +106,8 @@ def assemble_trainer(start: RunStart, out_dir: Path, model: nn.Module, batches: 
         recipe=start.recipe, source=source, out_dir=out_dir, ranks=ranks, device=device,
         model=model, step_module=step_module, batch_inputs=batch_inputs, optimizer=optimizer,
         scheduler=make_scheduler(optimizer, config, total, steps_per_epoch),
-        scaler=torch.amp.GradScaler(device.type, enabled=config.precision == "fp16"), ema=ema,
+        scaler=torch.amp.GradScaler(
+            device.type, enabled=resolve_precision(config.precision, device) == "fp16"), ema=ema,
         ema_source=ema_source, batches=batches,
         micro_batch=start.micro_batch, accumulation=start.accumulation, total_steps=total,
     )

@@ -29,7 +29,7 @@ from ..components import Tokenizer
 from ..data.loader import Transformed, worker_count
 from ..data.sources import build_dataset
 from ..data.views import View, ViewAugment
-from ..engine import autocast
+from ..engine import autocast, resolve_precision
 from ..errors import CheckpointError, RecipeError
 from ..model import Encoder
 from ..plugins import Plugins, get_plugins
@@ -150,7 +150,7 @@ class Extractor:
         self.encoder = loaded.encoder.to(device)
         self.tokenizer = loaded.tokenizer.to(device) if loaded.tokenizer is not None else None
         self.blocks, self.device = tuple(blocks), device
-        self.precision = "fp32" if precision == "fp16" and device.type != "cuda" else precision
+        self.precision = precision
         self.attention = attention
         self.mask = attention.mask(loaded.encoder.grid, loaded.encoder.num_prefix > 0, device) \
             if attention is not None else None  # (1, 1, P+N, P+N) or None
@@ -195,7 +195,7 @@ def _streamer(dataset: Dataset, extract: Extractor) -> Callable[[Tensor], Tensor
 
 
 def extract_features(loaded: LoadedEncoder, split: str, blocks: Sequence[int], limit: int | None,
-                     cache_dir: Path | None, device: torch.device, precision: str = "bf16",
+                     cache_dir: Path | None, device: torch.device, precision: str = "auto",
                      batch_size: int = 256, with_tokens: bool = False,
                      max_token_bytes: int = 2 << 30, log: Log | None = None,
                      attention: str | None = None) -> Features:
@@ -205,6 +205,9 @@ def extract_features(loaded: LoadedEncoder, split: str, blocks: Sequence[int], l
     ``eval.attention``; see :mod:`.attention`)."""
     size = loaded.blueprint.image.size
     how = resolve_attention(loaded, attention)
+    precision = resolve_precision(precision, device)
+    if precision == "fp16" and device.type != "cuda":
+        precision = "fp32"
     key = hashlib.sha256(json.dumps([CACHE_VERSION, loaded.fingerprint, list(blocks), split, limit,
                                      size, precision, how.key]).encode()).hexdigest()[:16]
     pooled_path = cache_dir / f"{split}-{key}.pt" if cache_dir else None

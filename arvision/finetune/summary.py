@@ -7,6 +7,7 @@ from typing import Any
 import torch
 
 from ..data.sources import build_dataset
+from ..engine.optim import precision_label
 from ..model.timm_folder import is_timm_folder
 from .data import count_classes
 from .model import create_classifier
@@ -39,7 +40,7 @@ def summarize_finetune(recipe: FinetuneRecipe, source: str) -> dict[str, Any]:
     warmup = f"{train.warmup_epochs:g} epochs" if train.warmup_epochs is not None else \
         f"{train.warmup_steps} steps"
     schedule = (f"{length}, batch {train.batch_size}, lr {train.base_lr:g} x batch / 256, warmup "
-                f"{warmup}, wd {train.weight_decay:g}, EMA {train.ema or 'off'}, {train.precision}")
+                f"{warmup}, wd {train.weight_decay:g}, EMA {train.ema or 'off'}, {precision_label(train)}")
     return {
         "encoder": {"name": recipe.encoder.name, "depth": depth, "dim": vit.embed_dim,
                     "img_size": vit.patch_embed.img_size[0],

@@ -122,8 +122,10 @@ class TrainConfig:
     betas: tuple[float, float] = setting((0.9, 0.95), "AdamW betas")
     clip_grad: float | None = setting(None, "clip the gradient norm to this value",
                                       validator=positive)
-    precision: Literal["bf16", "fp16", "fp32"] = setting(
-        "bf16", "autocast precision: bf16 (CPU and CUDA), fp16 with a gradient scaler (CUDA), fp32")
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = setting(
+        "auto", "autocast precision: bf16 (CPU and CUDA), fp16 with a gradient scaler (CUDA), "
+        "fp32, or 'auto': bf16 where the device computes it natively (recent GPUs, CPUs with "
+        "AVX512-BF16/AMX), else fp16 on CUDA and fp32 on the CPU")
     device: str = setting("auto", "'auto', 'cpu', 'cuda' or 'cuda:N' (under torchrun: the local "
                           "rank's GPU)")
     strategy: Literal["ddp", "fsdp"] = setting(
