@@ -48,6 +48,12 @@ knn_ks = [1, 5]
 
 [launcher]
 threads = 1
+
+[[claims]]
+text = "two decoders beat one"
+better = "gen-and-disc ordering.name=raster"
+worse = "mse ordering.name=raster"
+metrics = ["linear_top1", "knn_top1"]
 '''
 #: Columns that time the run (or name the code version) rather than describe what it computed.
 VOLATILE = {"wall_s", "train_s", "step_time_s", "images_per_s", "peak_rss_mib", "peak_cuda_mib",
@@ -113,6 +119,15 @@ def test_tiny_ablation_runs_to_a_report(finished):
     report = (out / "report.md").read_text()
     assert "8 of 8 runs finished" in report and "random init (base encoder)" in report
     assert "raw pixels" in report and f"arvision ablate {finished[0]}" in report
+    for metric in ("linear_top1", "knn_top1"):  # the claim, paired seed by seed from the rows
+        score = {(row["variant"], row["seed"]): float(row[metric]) for row in rows
+                 if row["ordering.name"] == "raster"}
+        gaps = [score["gen-and-disc", seed] - score["mse", seed] for seed in "01"]
+        mean = sum(gaps) / 2
+        verdict = "held" if min(gaps) > 0 else "reversed" if max(gaps) < 0 else "not separated"
+        assert (f"| two decoders beat one | gen-and-disc ordering.name=raster | mse "
+                f"ordering.name=raster | {metric} | {mean:.2f} [{min(gaps):.2f}, {max(gaps):.2f}] | "
+                f"{verdict} |") in report
 
 
 def test_a_finished_ablation_runs_nothing_again(finished):

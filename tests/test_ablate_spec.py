@@ -155,6 +155,17 @@ BAD = {
     "an unknown reference": (
         'base = "base.toml"\nreference = "nope"\n', r"ablation\.toml: reference: 'nope' is not"),
     "invalid TOML": ('base = \n', r"ablation\.toml: invalid TOML"),
+    "a claim about an unknown variant": (
+        'base = "base.toml"\n[[claims]]\ntext = "t"\nbetter = "base"\nworse = "nope"\n',
+        r"ablation\.toml: claims\.0\.worse: 'nope' is not a variant label \(labels: 'base'\)"),
+    "a claim on a metric not measured": (
+        'base = "base.toml"\n[[claims]]\ntext = "t"\nbetter = "base"\nworse = "base"\n'
+        'metrics = ["attentive_top1"]\n',
+        r"ablation\.toml: claims\.0\.metrics: 'attentive_top1' is not measured \(expected one "
+        r"of: linear_top1, knn_top1\)"),
+    "a claim without its text": (
+        'base = "base.toml"\n[[claims]]\nbetter = "base"\nworse = "base"\n',
+        r"ablation\.toml: claims\[0\]\.text: required key is missing"),
 }
 
 

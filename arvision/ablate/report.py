@@ -3,7 +3,8 @@
     REPORT/results.csv    one row per run (finished or not: see 'status')
     REPORT/results.json   {"ablation": ..., "runs": [rows], "variants": [...], "baselines": [...]}
     REPORT/report.md      per variant: mean [95% CI] over seeds, the best marked, the paired
-                          difference to the reference; the baselines; the plots; every run
+                          difference to the reference; the baselines; the claims tested
+                          (claims.py); the plots; every run
     REPORT/recipes/*.toml each run's resolved recipe (what ``arvision run`` would train)
     REPORT/plots/*.png    loss curves, accuracy bars, accuracy against compute
 """
@@ -19,6 +20,7 @@ import tomli_w
 from rich.console import Console
 from rich.table import Table
 
+from .claims import claim_rows
 from .files import write_json, write_text
 from .plan import Plan
 from .plots import write_plots
@@ -135,6 +137,22 @@ def _protocol(plan: Plan) -> str:
             f"{p['heldout']:.0%} held-out part of the train split, never on the eval split.")
 
 
+def _claims_section(claims: list[dict[str, Any]]) -> list[str]:
+    """The claims tested, one row per claim and metric (none: no section)."""
+    if not claims:
+        return []
+    lines = ["## Claims", "",
+             "Each claim's difference better - worse, paired by seed, with its 95% bootstrap "
+             "interval; held: above 0, reversed: below 0, not separated: the interval contains 0.",
+             "", "| claim | better | worse | metric | difference | verdict |",
+             "|---|---|---|---|---|---|"]
+    for row in claims:
+        source = f" ({row['source']})" if row["source"] else ""
+        lines.append(f"| {row['claim']}{source} | {row['better']} | {row['worse']} | "
+                     f"{row['metric']} | {row['shown']} | {row['verdict']} |")
+    return [*lines, ""]
+
+
 def _markdown(tables: Tables, info: dict[str, Any], report_dir: Path) -> str:
     plan, rows = tables.plan, tables.rows
     done = sum(row["status"] == "finished" for row in rows)
@@ -158,6 +176,7 @@ def _markdown(tables: Tables, info: dict[str, Any], report_dir: Path) -> str:
         "step time. The hyperparameters each probe chose are in results.csv (linear_lr, "
         "linear_weight_decay, knn_k).", "",
         *_variant_table(tables), "",
+        *_claims_section(claim_rows(plan, rows)),
         "## Plots", "",
         "![loss curves](plots/loss.png)", "", "![probe accuracy](plots/accuracy.png)", "",
         "![accuracy against compute](plots/compute.png)", "",
@@ -184,7 +203,8 @@ def write_report(plan: Plan, report_dir: Path, info: dict[str, Any],
     write_json(report_dir / "results.json", {"ablation": info, "protocol": plan.protocol,
                                              "reference": plan.ablation.reference,
                                              "runs": tables.rows, "variants": variants,
-                                             "baselines": tables.baselines})
+                                             "baselines": tables.baselines,
+                                             "claims": claim_rows(plan, tables.rows)})
     write_plots(tables, report_dir / "plots")
     write_text(report_dir / "report.md", _markdown(tables, info, report_dir))
     return tables
@@ -201,3 +221,11 @@ def print_summary(tables: Tables, console: Console) -> None:
         table.add_row(row["label"], "-", *(f"{row[n]:.2f}" if row.get(n) is not None else "-"
                                            for n in tables.metrics))
     console.print(table)
+    claims = claim_rows(tables.plan, tables.rows)
+    if claims:
+        table = Table("claim", "better - worse", "metric", "difference", "verdict",
+                      title="claims", title_justify="left")
+        for row in claims:
+            table.add_row(row["claim"], f"{row['better']} - {row['worse']}", row["metric"],
+                          row["shown"], row["verdict"])
+        console.print(table)

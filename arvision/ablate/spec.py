@@ -5,6 +5,7 @@
     [set]        "train.steps" = 300   # for every variant; dotted keys, typed TOML values
     [axes]       "ordering.name" = ["raster", "random"]      # a cartesian grid
     [[variants]] name = "two-decoders"  set = { decoders = [...] }   # variants x grid
+    [[claims]]   text = "..."  better = "two-decoders"  worse = "base"   # tested by the report
     [eval] ...   [launcher] ...        # protocol.py
 
 A run's recipe is, in this order: the base file, ``[set]``, its variant's ``set``, its axis
@@ -27,7 +28,7 @@ from ..errors import RecipeError
 from .backend import apply_override, read_base
 from .protocol import EvalProtocol, LauncherConfig, structure_table
 
-__all__ = ["Ablation", "AblationFile", "RunSpec", "VariantTable", "load_ablation", "set_path"]
+__all__ = ["Ablation", "AblationFile", "ClaimTable", "RunSpec", "VariantTable", "load_ablation", "set_path"]
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")
 
@@ -54,6 +55,18 @@ class VariantTable:
 
 
 @attrs.frozen
+class ClaimTable:
+    """One ``[[claims]]`` entry: a published claim that one variant scores above another."""
+
+    text: str = setting(help="the claim, in the words of its source")
+    better: str = setting(help="the variant label the claim says scores higher")
+    worse: str = setting(help="the variant label the claim says scores lower")
+    metrics: tuple[str, ...] = setting(("linear_top1",), "the accuracies that decide it "
+                                       "(probe_top1 of the [eval] probes)")
+    source: str = setting("", "where the claim is made (paper, table)")
+
+
+@attrs.frozen
 class AblationFile:
     """The tables of an ablation file, as written (not yet expanded)."""
 
@@ -67,6 +80,8 @@ class AblationFile:
     reference: str | None = setting(None, "the variant label differences are measured against "
                                     "(default: the first)")
     eval: EvalProtocol = setting(attrs.Factory(EvalProtocol), "the evaluation protocol")
+    claims: tuple[ClaimTable, ...] = setting((), "claims the report tests: better vs worse, paired "
+                                             "by seed")
     launcher: LauncherConfig = setting(attrs.Factory(LauncherConfig), "where runs execute")
 
 
@@ -184,9 +199,19 @@ def load_ablation(path: str | Path, overrides: list[str] = ()) -> Ablation:
     baseline = copy.deepcopy(common)
     _apply_overrides(baseline, overrides, f"{path}")
     ablation = Ablation(path, config, base_path, tuple(runs), _finish(baseline, config.seeds[0], str(path)))
+    labels = f"(labels: {', '.join(map(repr, ablation.labels))})"
     if config.reference is not None and config.reference not in ablation.labels:
-        raise RecipeError(f"{path}: reference: {config.reference!r} is not a variant label "
-                          f"(labels: {', '.join(map(repr, ablation.labels))})")
+        raise RecipeError(f"{path}: reference: {config.reference!r} is not a variant label {labels}")
+    accuracies = [f"{probe}_top1" for probe in config.eval.probes]
+    for number, claim in enumerate(config.claims):
+        for key in ("better", "worse"):
+            if getattr(claim, key) not in ablation.labels:
+                raise RecipeError(f"{path}: claims.{number}.{key}: {getattr(claim, key)!r} is not "
+                                  f"a variant label {labels}")
+        for metric in claim.metrics:
+            if metric not in accuracies:
+                raise RecipeError(f"{path}: claims.{number}.metrics: {metric!r} is not measured "
+                                  f"(expected one of: {', '.join(accuracies)})")
     return ablation
 
 
