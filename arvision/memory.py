@@ -20,7 +20,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 
 from .build import Blueprint, build_model
 from .components import Tokens
-from .engine.optim import autocast, planned_precision
+from .precision import autocast, planned_precision
 
 __all__ = ["ADAMW_BYTES_PER_PARAM", "MemoryEstimate", "estimate_memory"]
 

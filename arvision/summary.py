@@ -10,8 +10,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from .build import Blueprint, build_model
-from .engine.optim import precision_label
 from .memory import ADAMW_BYTES_PER_PARAM, estimate_memory, fake_tokens
+from .precision import precision_label
 
 __all__ = ["summarize"]
 
@@ -58,7 +58,7 @@ def summarize(blueprint: Blueprint) -> dict[str, Any]:
         "flops_per_image": {"forward": forward.get_total_flops(),
                             "train_step": step.get_total_flops()},
         "train_state_bytes": total * ADAMW_BYTES_PER_PARAM,
-        "precision": precision_label(recipe.train),
+        "precision": precision_label(recipe.train.precision, recipe.train.device),
         "memory": _memory(blueprint),
     }
 

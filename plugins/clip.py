@@ -40,9 +40,9 @@ from arvision import hookimpl
 from arvision.checkpoint import refuse_unsafe_file
 from arvision.components import ImageSpec, Tokenizer, Tokens, TokenSpec
 from arvision.config import positive, setting
-from arvision.engine import autocast
 from arvision.errors import CheckpointError
 from arvision.model.vit import channel_stat
+from arvision.precision import autocast
 
 from .timm_teacher import check_channels, load_error, prepare_images
 

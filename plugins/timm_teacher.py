@@ -41,10 +41,10 @@ from arvision import hookimpl
 from arvision.checkpoint import UnreadableFile, read_weights_only
 from arvision.components import ImageSpec, Tokenizer, Tokens, TokenSpec
 from arvision.config import model_override, positive, setting
-from arvision.engine import autocast
 from arvision.errors import CheckpointError, listed
 from arvision.model.timm_folder import TimmFolder, is_timm_folder, read_timm_folder
 from arvision.model.vit import channel_stat, create_vit, shape_overrides
+from arvision.precision import autocast
 
 __all__ = ["ARVISION_ENCODER", "TimmTeacher", "TimmTeacherConfig", "hub_config", "load_error",
            "normalisation", "prepare_images", "teacher_vit"]

@@ -4,9 +4,9 @@ by training, the teachers, `arvision check` and the ablation runner's run identi
 import pytest
 import torch
 
+from arvision import precision as optim
 from arvision.ablate.plan import identity
-from arvision.engine import optim
-from arvision.engine.optim import planned_precision, resolve_precision
+from arvision.precision import planned_precision, resolve_precision
 from arvision.recipe.schema import TrainConfig
 from conftest import REPO, run_cli
 

@@ -132,7 +132,7 @@ def test_missing_and_mismatched_checkpoints_name_the_file(tmp_path, checkpoint):
 
 @pytest.mark.parametrize("native", [False, True])
 def test_auto_precision_is_fp32_or_bf16_by_the_hardware(checkpoint, monkeypatch, native):
-    from arvision.engine import optim
+    from arvision import precision as optim
 
     monkeypatch.setattr(optim, "fast_bf16", lambda device_type: native)
     auto = teacher(checkpoint, precision="auto")(images()).tokens

@@ -17,7 +17,6 @@ import attrs
 import torch
 
 from ..build import resolve
-from ..engine.optim import planned_precision
 from ..errors import ArvisionError, RecipeError
 from ..evaluate import (
     KNN_KS,
@@ -30,6 +29,7 @@ from ..evaluate import (
     run_probes,
 )
 from ..plugins import get_plugins
+from ..precision import planned_precision
 from ..pretrain import train
 from ..recipe import (
     Recipe,

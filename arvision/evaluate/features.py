@@ -29,10 +29,10 @@ from ..components import Tokenizer
 from ..data.loader import Transformed, worker_count
 from ..data.sources import build_dataset
 from ..data.views import View, ViewAugment
-from ..engine import autocast, resolve_precision
 from ..errors import CheckpointError, RecipeError
 from ..model import Encoder
 from ..plugins import Plugins, get_plugins
+from ..precision import autocast, resolve_precision
 from ..recipe import EvalConfig, Recipe, structure_recipe
 from .attention import ProbeAttention, probe_attention
 

@@ -7,8 +7,8 @@ from typing import Any
 import torch
 
 from ..data.sources import build_dataset
-from ..engine.optim import precision_label
 from ..model.timm_folder import is_timm_folder
+from ..precision import precision_label
 from .data import count_classes
 from .model import create_classifier
 from .recipe import FinetuneRecipe
@@ -39,8 +39,9 @@ def summarize_finetune(recipe: FinetuneRecipe, source: str) -> dict[str, Any]:
     length = f"{train.steps} steps" if train.steps else f"{train.epochs:g} epochs"
     warmup = f"{train.warmup_epochs:g} epochs" if train.warmup_epochs is not None else \
         f"{train.warmup_steps} steps"
+    precision = precision_label(train.precision, train.device)
     schedule = (f"{length}, batch {train.batch_size}, lr {train.base_lr:g} x batch / 256, warmup "
-                f"{warmup}, wd {train.weight_decay:g}, EMA {train.ema or 'off'}, {precision_label(train)}")
+                f"{warmup}, wd {train.weight_decay:g}, EMA {train.ema or 'off'}, {precision}")
     return {
         "encoder": {"name": recipe.encoder.name, "depth": depth, "dim": vit.embed_dim,
                     "img_size": vit.patch_embed.img_size[0],
