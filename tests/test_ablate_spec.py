@@ -10,7 +10,7 @@ import tomli_w
 from arvision.ablate.plan import identity, make_plan
 from arvision.ablate.spec import load_ablation, set_path
 from arvision.errors import RecipeError
-from conftest import TINY, run_cli
+from conftest import REPO, TINY, run_cli
 
 GEN_AND_DISC = [{"name": "linear", "predicts": "next"}, {"name": "linear", "predicts": "visible"}]
 
@@ -200,3 +200,18 @@ def test_dry_run_shows_the_sizes_when_steps_cannot_be_timed_here(tmp_path, capsy
     assert code == 0 and not out.exists()
     assert "could not time steps here" in stdout and "fp16" in stdout
     assert "8 of 8 runs to do" in stdout and stdout.count("gen-and-disc ordering.name=") == 4
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "recipes" / "ablations").glob("*.toml")),
+                         ids=lambda p: p.name)
+def test_shipped_ablations_expand_and_every_variant_resolves(path, monkeypatch):
+    from arvision.ablate import backend
+    from arvision.build import resolve
+
+    monkeypatch.chdir(REPO)
+    ablation = load_ablation(path.relative_to(REPO))  # claims and reference checked here
+    assert len(ablation.config.seeds) >= 2
+    firsts = {run.label: run for run in reversed(ablation.runs)}
+    for label, run in firsts.items():
+        source = f"{path.name}: variant {label}"
+        resolve(backend.validate(run.data, source), source)  # geometry, without building
