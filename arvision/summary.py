@@ -20,8 +20,9 @@ def _count(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters() if p.requires_grad)
 
 
-def summarize(blueprint: Blueprint) -> dict[str, Any]:
-    """A JSON-able description of the recipe's model (``arvision check``)."""
+def summarize(blueprint: Blueprint, with_memory: bool = True) -> dict[str, Any]:
+    """A JSON-able description of the recipe's model (``arvision check``); ``with_memory``: also
+    the peak-memory estimate (two more forwards, on fake tensors)."""
     recipe, image, layout = blueprint.recipe, blueprint.image, blueprint.layout
     with torch.device("meta"):
         model = build_model(blueprint, with_tokenizer=False)
@@ -59,7 +60,7 @@ def summarize(blueprint: Blueprint) -> dict[str, Any]:
                             "train_step": step.get_total_flops()},
         "train_state_bytes": total * ADAMW_BYTES_PER_PARAM,
         "precision": precision_label(recipe.train.precision, recipe.train.device),
-        "memory": _memory(blueprint),
+        **({"memory": _memory(blueprint)} if with_memory else {}),
     }
 
 

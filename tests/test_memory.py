@@ -72,3 +72,21 @@ def test_check_prints_the_estimate(capsys, monkeypatch, tmp_path):
     assert code == 0, stderr
     assert "peak memory" in stdout and "a process at micro-batch 8" in stdout
     assert "of activations per image" in stdout
+
+
+def test_a_model_fake_tensors_cannot_run_is_named_not_fatal(capsys, monkeypatch, tmp_path):
+    import tomli_w
+
+    from arvision import summary
+
+    def data_dependent(blueprint):
+        raise RuntimeError("aten._local_scalar_dense: data-dependent output\nthe rest of the trace")
+
+    monkeypatch.setattr(summary, "estimate_memory", data_dependent)
+    monkeypatch.setenv("COLUMNS", "250")
+    path = tmp_path / "tiny.toml"
+    path.write_text(tomli_w.dumps(tiny_data(train={"batch_size": 8, "precision": "fp32"})))
+    code, stdout, stderr = run_cli(capsys, "check", path)
+    assert code == 0, stderr  # the rest of the summary still prints
+    assert "not estimated: aten._local_scalar_dense: data-dependent output" in stdout
+    assert "the rest of the trace" not in stdout and "FLOPs / image" in stdout

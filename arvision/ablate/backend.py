@@ -71,7 +71,7 @@ def describe(recipe: Recipe, source: str) -> dict[str, Any]:
     A recipe that cannot build is one RecipeError line naming ``source``.
     """
     try:
-        summary = summarize(resolve(recipe, source))
+        summary = summarize(resolve(recipe, source), with_memory=False)
     except ArvisionError:
         raise
     except Exception as exc:  # a component failing inside its forward on the meta device

@@ -20,7 +20,6 @@ import tomli_w
 from rich.console import Console
 from rich.table import Table
 
-from .claims import claim_rows
 from .files import write_json, write_text
 from .plan import Plan
 from .plots import write_plots
@@ -176,7 +175,7 @@ def _markdown(tables: Tables, info: dict[str, Any], report_dir: Path) -> str:
         "step time. The hyperparameters each probe chose are in results.csv (linear_lr, "
         "linear_weight_decay, knn_k).", "",
         *_variant_table(tables), "",
-        *_claims_section(claim_rows(plan, rows)),
+        *_claims_section(tables.claims),
         "## Plots", "",
         "![loss curves](plots/loss.png)", "", "![probe accuracy](plots/accuracy.png)", "",
         "![accuracy against compute](plots/compute.png)", "",
@@ -204,7 +203,7 @@ def write_report(plan: Plan, report_dir: Path, info: dict[str, Any],
                                              "reference": plan.ablation.reference,
                                              "runs": tables.rows, "variants": variants,
                                              "baselines": tables.baselines,
-                                             "claims": claim_rows(plan, tables.rows)})
+                                             "claims": tables.claims})
     write_plots(tables, report_dir / "plots")
     write_text(report_dir / "report.md", _markdown(tables, info, report_dir))
     return tables
@@ -221,11 +220,10 @@ def print_summary(tables: Tables, console: Console) -> None:
         table.add_row(row["label"], "-", *(f"{row[n]:.2f}" if row.get(n) is not None else "-"
                                            for n in tables.metrics))
     console.print(table)
-    claims = claim_rows(tables.plan, tables.rows)
-    if claims:
+    if tables.claims:
         table = Table("claim", "better - worse", "metric", "difference", "verdict",
                       title="claims", title_justify="left")
-        for row in claims:
+        for row in tables.claims:
             table.add_row(row["claim"], f"{row['better']} - {row['worse']}", row["metric"],
                           row["shown"], row["verdict"])
         console.print(table)

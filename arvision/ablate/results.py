@@ -7,6 +7,7 @@ seeds, paired difference to the reference variant), and the baselines.
 
 from typing import Any
 
+from .claims import claim_rows
 from .files import read_metrics
 from .plan import Plan, PlannedRun
 from .stats import Estimate, estimate, paired_difference
@@ -115,6 +116,7 @@ class Tables:
         self.baselines = baseline_rows(baselines.result() if baselines and
                                        plan.finished(baselines) else None)
         self.metrics = metric_names([r for r in self.rows if r["status"] == "finished"])
+        self.claims = claim_rows(plan, self.rows)
 
     def curves(self) -> dict[str, list[list[tuple[int, float]]]]:
         """Per label, each finished seed's loss curve [(step, loss), ...]."""

@@ -8,9 +8,10 @@ its batches and the function from a batch to the model's forward arguments; the 
 :class:`ModelOutput` (the loss, its parts, other metrics to log)."""
 
 from ..model import ModelOutput
+from ..precision import autocast, resolve_precision
 from .fit import RESUMABLE_CHANGES, TrainResult, fit
 from .metrics import MetricLog, result_metrics
-from .optim import autocast, compile_blocks, compile_model, make_optimizer, make_scheduler, resolve_precision
+from .optim import compile_blocks, compile_model, make_optimizer, make_scheduler
 from .setup import RunStart, assemble_trainer, start_run
 from .trainer import BatchInputs, DivergedError, Trainer
 

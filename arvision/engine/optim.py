@@ -1,5 +1,5 @@
-"""The optimisation every run shares: AdamW over parameter groups, warmup + cosine per step, the
-autocast precision, and compilation (per block or the whole model)."""
+"""The optimisation every run shares: AdamW over parameter groups, warmup + cosine per step, and
+compilation (per block or the whole model). The autocast precision is :mod:`arvision.precision`."""
 
 import logging
 from collections.abc import Callable
@@ -10,11 +10,9 @@ from timm.optim import param_groups_weight_decay
 from timm.scheduler import CosineLRScheduler
 from torch import nn
 
-from ..precision import AUTOCAST_DTYPES, autocast, resolve_precision
 from ..recipe.schema import TrainConfig
 
-__all__ = ["AUTOCAST_DTYPES", "ParamGroups", "autocast", "compile_blocks", "compile_model",
-           "make_optimizer", "make_scheduler", "resolve_precision"]
+__all__ = ["ParamGroups", "compile_blocks", "compile_model", "make_optimizer", "make_scheduler"]
 
 # timm warns that the cosine has no effect when the warmup takes all but one step (short runs, a
 # fine-tuning shortened with --set train.epochs): the schedule is still what the recipe asks for.

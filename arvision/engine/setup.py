@@ -19,9 +19,10 @@ from timm.utils import ModelEmaV3
 from torch import nn
 
 from ..errors import RecipeError
+from ..precision import resolve_precision
 from ..recipe.schema import TrainConfig
 from .distributed import Ranks, setup, wrap
-from .optim import ParamGroups, compile_model, make_optimizer, make_scheduler, resolve_precision
+from .optim import ParamGroups, compile_model, make_optimizer, make_scheduler
 from .trainer import BatchInputs, Trainer
 
 __all__ = ["RunStart", "assemble_trainer", "micro_batching", "seed_everything", "start_run"]

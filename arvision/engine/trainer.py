@@ -20,11 +20,11 @@ from torch import Tensor
 
 from ..checkpoint import load_checkpoint, save_checkpoint
 from ..errors import ArvisionError, CheckpointError
+from ..precision import autocast
 from ..recipe import recipe_to_dict
 from ..recipe.schema import TrainConfig
 from .checkpoints import rank_part, restore_rng_state, rng_state
 from .distributed import Ranks, load_train_state, train_state
-from .optim import autocast
 
 __all__ = ["BatchInputs", "DivergedError", "Trainer"]
 
