@@ -17,6 +17,7 @@ import attrs
 import torch
 
 from ..build import resolve
+from ..engine import fit
 from ..errors import ArvisionError, RecipeError
 from ..evaluate import (
     KNN_KS,
@@ -28,6 +29,9 @@ from ..evaluate import (
     raw_pixel_probes,
     run_probes,
 )
+from ..finetune import FinetuneRecipe, build_finetuner, is_finetune, structure_finetune_recipe
+from ..finetune import finetune as run_finetune
+from ..finetune.summary import summarize_finetune
 from ..plugins import get_plugins
 from ..precision import planned_precision
 from ..pretrain import train
@@ -42,19 +46,22 @@ from ..recipe import (
 from ..summary import summarize
 
 __all__ = ["KNN_KS", "LINEAR_LRS", "LINEAR_WEIGHT_DECAYS", "PROBES", "Recipe", "apply_override",
-           "canonical", "describe", "evaluate_baselines", "evaluate_checkpoint", "pretrain",
-           "read_base", "set_threads", "structure_config", "threads_in_use", "time_steps",
-           "validate"]
+           "canonical", "describe", "evaluate_baselines", "evaluate_checkpoint", "finetune",
+           "is_finetune", "pretrain", "read_base", "set_threads", "structure_config",
+           "threads_in_use", "time_steps", "validate"]
 
 read_base = read_recipe_data  # a recipe file's tables, ``--set`` overrides applied
 
 
-def validate(data: dict[str, Any], source: str) -> Recipe:
-    """The recipe tables as a Recipe, or one RecipeError line naming ``source`` and the key."""
+def validate(data: dict[str, Any], source: str) -> Recipe | FinetuneRecipe:
+    """The recipe tables as a Recipe (a FinetuneRecipe with a ``[finetune]`` table), or one
+    RecipeError line naming ``source`` and the key."""
+    if is_finetune(data):
+        return structure_finetune_recipe(data, source)
     return structure_recipe(data, source, get_plugins())
 
 
-def canonical(recipe: Recipe) -> dict[str, Any]:
+def canonical(recipe: Recipe | FinetuneRecipe) -> dict[str, Any]:
     """The recipe as plain data (what ``recipe.toml`` and checkpoints hold)."""
     return recipe_to_dict(recipe)
 
@@ -65,27 +72,40 @@ def precision_here(record: dict[str, Any]) -> str:
     return planned_precision(train.get("precision", "auto"), train.get("device", "auto"))
 
 
-def describe(recipe: Recipe, source: str) -> dict[str, Any]:
+def describe(recipe: Recipe | FinetuneRecipe, source: str) -> dict[str, Any]:
     """Build the recipe on the meta device (as ``arvision check``): parameters and FLOPs per image.
 
     A recipe that cannot build is one RecipeError line naming ``source``.
     """
     try:
-        summary = summarize(resolve(recipe, source), with_memory=False)
+        if isinstance(recipe, FinetuneRecipe):
+            summary = summarize_finetune(recipe, source)
+        else:
+            summary = summarize(resolve(recipe, source), with_memory=False)
     except ArvisionError:
         raise
     except Exception as exc:  # a component failing inside its forward on the meta device
         message = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise RecipeError(f"{source}: cannot build the model: {message}") from None
     flops = summary["flops_per_image"]
-    return {"parameters": summary["parameters"]["total"], "flops_forward": flops["forward"],
-            "flops_train_step": flops["train_step"]}
+    parameters = summary["parameters"]
+    return {"parameters": parameters["total"] if isinstance(parameters, dict) else parameters,
+            "flops_forward": flops["forward"], "flops_train_step": flops["train_step"],
+            **({"steps": summary["steps"]} if "steps" in summary else {})}
 
 
 def pretrain(recipe: Recipe, out_dir: Path, source: str) -> tuple[bool, int, Path]:
     """Train (or resume, or find finished) the run in ``out_dir``: (main rank, steps, checkpoint)."""
     result = train(recipe, out_dir, source=source)
     return result.main, result.steps, result.checkpoint
+
+
+def finetune(recipe: FinetuneRecipe, out_dir: Path, source: str
+             ) -> tuple[bool, int, dict[str, Any] | None]:
+    """Fine-tune (or resume, or find finished) the run in ``out_dir``, then score the classifier on
+    ``data.eval_split``: (main rank, steps, its ``eval.json`` entry; None off rank 0)."""
+    result = run_finetune(recipe, out_dir, source=source)
+    return result.train.main, result.train.steps, result.scores
 
 
 def _probe_options(protocol: dict[str, Any]) -> dict[str, Any]:
@@ -122,14 +142,17 @@ def evaluate_baselines(recipe: Recipe, protocol: dict[str, Any], run_dir: Path, 
     return results
 
 
-def time_steps(recipe: Recipe, steps: int = 4) -> float:
+def time_steps(recipe: Recipe | FinetuneRecipe, steps: int = 4) -> float:
     """Median seconds per optimiser step over steps 2..``steps`` of a throwaway run of the recipe
     (the first step, with its warm-up, is left out)."""
     short = attrs.evolve(recipe, train=attrs.evolve(recipe.train, steps=steps, log_every=1,
                                                     checkpoint_every=None))
     with tempfile.TemporaryDirectory(prefix="arvision-timing-") as tmp, \
             contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
-        train(short, Path(tmp), source="timing")
+        if isinstance(short, FinetuneRecipe):  # train only: scoring is not part of a step
+            fit(build_finetuner(short, Path(tmp), source="timing")[0])
+        else:
+            train(short, Path(tmp), source="timing")
         records = [json.loads(line) for line in (Path(tmp) / "metrics.jsonl").read_text().splitlines()]
     times = [record["step_time"] for record in records if record["step"] > 1]
     return statistics.median(times or [records[-1]["step_time"]])

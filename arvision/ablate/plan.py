@@ -29,13 +29,16 @@ __all__ = ["NEUTRAL_KEYS", "Plan", "PlannedRun", "identity", "make_plan", "slug"
 NEUTRAL_KEYS = ("run", "eval", "train.log_every", "train.checkpoint_every",
                 "train.keep_checkpoints", "data.num_workers")
 PROTOCOL_VERSION = 1  # bump when the evaluation code changes what a protocol measures
+#: A fine-tuning ablation's protocol: each run scores its own classifier as its recipe says
+#: (finetune.eval_limit and eval_crop are recipe keys, so part of the run's identity).
+FINETUNE_PROTOCOL = {"probes": ["finetune"], "random_init": False, "raw_pixels": False}
 
 
 @attrs.frozen
 class PlannedRun:
     """One run (or the baselines job) as the launcher starts it and the report reads it."""
 
-    kind: str  # 'pretrain' or 'baselines'
+    kind: str  # 'pretrain', 'finetune' or 'baselines'
     label: str
     variant: str
     axes: tuple[tuple[str, str], ...]
@@ -101,7 +104,8 @@ def slug(text: str, limit: int = 80) -> str:
 
 def _costs(record: dict[str, Any], described: dict[str, Any]) -> dict[str, Any]:
     train = record.get("train", {})
-    return {**described, "batch_size": train.get("batch_size"), "steps": train.get("steps")}
+    return {**described, "batch_size": train.get("batch_size"),
+            "steps": train.get("steps") or described.get("steps")}
 
 
 def make_plan(ablation: Ablation, out: Path, threads: int, world: int = 1) -> Plan:
@@ -121,10 +125,11 @@ def make_plan(ablation: Ablation, out: Path, threads: int, world: int = 1) -> Pl
         key = identity(record, threads, world)
         name = slug(f"{spec.label.replace(' ', '-')}-seed{spec.seed}") + f"-{key[:8]}"
         record["run"] = {**record.get("run", {}), "name": name}
-        runs.append(PlannedRun("pretrain", spec.label, spec.variant, spec.axes, spec.seed, source,
+        runs.append(PlannedRun(ablation.kind, spec.label, spec.variant, spec.axes, spec.seed, source,
                                record, key, out / "runs" / name,
                                _costs(record, described[spec.label])))
-    protocol = json.loads(json.dumps(attrs.asdict(ablation.config.eval)))  # tuples -> lists
+    protocol = FINETUNE_PROTOCOL if ablation.kind == "finetune" else \
+        json.loads(json.dumps(attrs.asdict(ablation.config.eval)))  # tuples -> lists
     protocol_id = hashlib.sha256(json.dumps([PROTOCOL_VERSION, protocol], sort_keys=True)
                                  .encode()).hexdigest()[:16]
     baselines = None

@@ -125,6 +125,10 @@ def _few_seeds(seeds: int) -> str:
 
 def _protocol(plan: Plan) -> str:
     p = plan.protocol
+    if plan.ablation.kind == "finetune":
+        return ("each run fine-tunes the encoder as a classifier (its recipe's [finetune] table) "
+                "and scores the final weights on data.eval_split (finetune_top1; "
+                "finetune.eval_limit images, default all). No probes, no baselines.")
     blocks = ", ".join(map(str, p["blocks"])) if p["blocks"] else "the middle block"
     swept = [f"linear lr {p['linear_lrs']} x weight decay {p['linear_weight_decays']}"]
     if "knn" in p["probes"]:

@@ -5,11 +5,12 @@
     [set]        "train.steps" = 300   # for every variant; dotted keys, typed TOML values
     [axes]       "ordering.name" = ["raster", "random"]      # a cartesian grid
     [[variants]] name = "two-decoders"  set = { decoders = [...] }   # variants x grid
+                 unset = ["finetune.checkpoint"]   # keys removed: back to their defaults
     [[claims]]   text = "..."  better = "two-decoders"  worse = "base"   # tested by the report
     [eval] ...   [launcher] ...        # protocol.py
 
-A run's recipe is, in this order: the base file, ``[set]``, its variant's ``set``, its axis
-values, the command line's ``--set``, then ``train.seed``. A value replaces what is at its
+A run's recipe is, in this order: the base file, ``[set]``, its variant's ``set`` and ``unset``,
+its axis values, the command line's ``--set``, then ``train.seed``. A value replaces what is at its
 dotted key, a whole table or array of tables included.
 """
 
@@ -25,7 +26,7 @@ import attrs
 
 from ..config import FieldError, check, setting
 from ..errors import RecipeError
-from .backend import apply_override, read_base
+from .backend import apply_override, is_finetune, read_base
 from .protocol import EvalProtocol, LauncherConfig, structure_table
 
 __all__ = ["Ablation", "AblationFile", "ClaimTable", "RunSpec", "VariantTable", "load_ablation", "set_path"]
@@ -52,6 +53,8 @@ class VariantTable:
     name: str = setting(help="the variant's name (letters, digits, '_', '.', '+', '-')",
                         validator=check(NAME.fullmatch, "a name of letters, digits, _ . + -"))
     set: dict[str, Any] = setting(attrs.Factory(dict), "recipe keys this variant changes")
+    unset: tuple[str, ...] = setting((), "dotted recipe keys this variant removes (back to their "
+                                     "defaults: TOML has no null), after its set")
 
 
 @attrs.frozen
@@ -118,6 +121,19 @@ class Ablation:
     def reference(self) -> str:
         return self.config.reference or self.labels[0]
 
+    @property
+    def kind(self) -> str:
+        """'finetune' when the base recipe has a ``[finetune]`` table (each run fine-tunes a
+        classifier and is scored by its top-1), else 'pretrain' (each run is probed)."""
+        return "finetune" if is_finetune(self.baseline_data) else "pretrain"
+
+    @property
+    def accuracies(self) -> list[str]:
+        """The accuracies every run reports (what claims may name)."""
+        if self.kind == "finetune":
+            return ["finetune_top1"]
+        return [f"{probe}_top1" for probe in self.config.eval.probes]
+
 
 def set_path(data: dict[str, Any], key: str, value: Any, where: str) -> None:
     """Set the dotted recipe ``key`` to ``value`` (a copy), as ``--set`` does: missing tables are
@@ -143,6 +159,18 @@ def set_path(data: dict[str, Any], key: str, value: Any, where: str) -> None:
         if not isinstance(child, dict | list):
             raise RecipeError(f"{where}: {here} is a value, not a table")
         node = child
+
+
+def unset_path(data: dict[str, Any], key: str, where: str) -> None:
+    """Remove the dotted recipe ``key`` (a table's key, not a list item); a key the recipe does
+    not have is one RecipeError naming ``where``."""
+    parent, _, name = key.rpartition(".")
+    node: Any = data
+    for part in parent.split(".") if parent else ():
+        node = node.get(part) if isinstance(node, dict) else None
+    if not isinstance(node, dict) or name not in node:
+        raise RecipeError(f"{where}: {key}: not in the recipe (nothing to remove)")
+    del node[name]
 
 
 def _shown(values: list[Any], value: Any) -> str:
@@ -188,6 +216,8 @@ def load_ablation(path: str | Path, overrides: list[str] = ()) -> Ablation:
         data = copy.deepcopy(common)
         for key, value in variant.set.items():
             set_path(data, key, value, f"{path}: variant {variant.name}: set")
+        for key in variant.unset:
+            unset_path(data, key, f"{path}: variant {variant.name}: unset")
         axes = []
         for key, value in zip(config.axes, values, strict=True):
             set_path(data, key, value, f"{path}: axes")
@@ -202,7 +232,8 @@ def load_ablation(path: str | Path, overrides: list[str] = ()) -> Ablation:
     labels = f"(labels: {', '.join(map(repr, ablation.labels))})"
     if config.reference is not None and config.reference not in ablation.labels:
         raise RecipeError(f"{path}: reference: {config.reference!r} is not a variant label {labels}")
-    accuracies = [f"{probe}_top1" for probe in config.eval.probes]
+    _check_kind(ablation)
+    accuracies = ablation.accuracies
     for number, claim in enumerate(config.claims):
         for key in ("better", "worse"):
             if getattr(claim, key) not in ablation.labels:
@@ -213,6 +244,19 @@ def load_ablation(path: str | Path, overrides: list[str] = ()) -> Ablation:
                 raise RecipeError(f"{path}: claims.{number}.metrics: {metric!r} is not measured "
                                   f"(expected one of: {', '.join(accuracies)})")
     return ablation
+
+
+def _check_kind(ablation: Ablation) -> None:
+    """Every run of one kind; a fine-tuning ablation scores its runs itself (no [eval] table)."""
+    path, kind = ablation.path, ablation.kind
+    for run in ablation.runs:
+        if is_finetune(run.data) != (kind == "finetune"):
+            expected = "a [finetune] table" if kind == "finetune" else "no [finetune] table"
+            raise RecipeError(f"{path}: variant {run.label}: expected {expected}, as the base "
+                              f"recipe has: one ablation compares runs of one kind")
+    if kind == "finetune" and ablation.config.eval != EvalProtocol():
+        raise RecipeError(f"{path}: eval: a fine-tuning ablation scores each classifier on "
+                          "data.eval_split (finetune.eval_limit, finetune.eval_crop); remove [eval]")
 
 
 def _apply_overrides(data: dict[str, Any], overrides: list[str], where: str) -> None:

@@ -75,6 +75,12 @@ def execute(run_dir: Path) -> dict[str, Any] | None:
         if task["kind"] == "baselines":
             payload = {"baselines": backend.evaluate_baselines(recipe, protocol, run_dir,
                                                               task["source"])}
+        elif task["kind"] == "finetune":
+            main, steps, scores = backend.finetune(recipe, run_dir, task["source"])
+            if not main:
+                return None
+            payload = {"probes": {"finetune": scores}, "steps": steps,
+                       **loss_stats(read_metrics(run_dir / "metrics.jsonl"))}
         else:
             reports, steps, checkpoint = backend.pretrain(recipe, run_dir, task["source"])
             if not reports:

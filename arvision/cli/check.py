@@ -113,5 +113,10 @@ def check_finetune(recipe: Path, data: dict, as_json: bool) -> None:
     table.add_row("layer decay", summary["layer_decay"])
     table.add_row("augmentation", summary["augmentation"])
     table.add_row("parameters", _si(summary["parameters"]))
+    flops = summary["flops_per_image"]
+    table.add_row("FLOPs / image", f"forward {_si(flops['forward'])}, train step "
+                  f"{_si(flops['train_step'])}")
     table.add_row("schedule", summary["schedule"])
+    table.add_row("optimiser steps", str(summary["steps"] or "not counted (the train split is "
+                                         "read only to count classes)"))
     Console().print(table)

@@ -1,10 +1,13 @@
 """What a fine-tuning recipe builds, for ``arvision check``: built on the meta device, no data read
 unless the number of classes has to be counted."""
 
+import math
+from collections.abc import Sized
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from ..data.sources import build_dataset
 from ..model.timm_folder import is_timm_folder
@@ -16,11 +19,27 @@ from .recipe import FinetuneRecipe
 __all__ = ["summarize_finetune"]
 
 
+def _steps(recipe: FinetuneRecipe, dataset: Sized | None) -> int | None:
+    """Optimiser steps of one process: train.steps, or epochs x full batches of the train split
+    (None when the split was not read)."""
+    train = recipe.train
+    if train.steps or dataset is None:
+        return train.steps
+    return math.ceil(train.epochs * (len(dataset) // train.batch_size))
+
+
 def summarize_finetune(recipe: FinetuneRecipe, source: str) -> dict[str, Any]:
     tune, train = recipe.finetune, recipe.train
-    classes = tune.num_classes or count_classes(build_dataset(recipe.data), recipe.data, source)
+    dataset = None if tune.num_classes else build_dataset(recipe.data)  # read to count classes
+    classes = tune.num_classes or count_classes(dataset, recipe.data, source)
     with torch.device("meta"):
         vit = create_classifier(recipe, classes, source)
+        side, channels = vit.patch_embed.img_size[0], vit.patch_embed.proj.in_channels
+        image = torch.zeros(1, channels, side, side)
+        with FlopCounterMode(display=False) as forward:
+            vit(image)
+        with FlopCounterMode(display=False) as step:
+            vit(image).sum().backward()
     depth = len(vit.blocks)
     checkpoint = tune.checkpoint
     if checkpoint is None:
@@ -49,4 +68,7 @@ def summarize_finetune(recipe: FinetuneRecipe, source: str) -> dict[str, Any]:
         "pool": tune.global_pool, "num_classes": classes, "drop_path": recipe.encoder.drop_path,
         "starts_from": starts, "layer_decay": decay, "augmentation": augmentation,
         "parameters": sum(p.numel() for p in vit.parameters()), "schedule": schedule,
+        "flops_per_image": {"forward": forward.get_total_flops(),
+                            "train_step": step.get_total_flops()},
+        "steps": _steps(recipe, dataset),
     }
