@@ -37,20 +37,27 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import queue
-import resource
 import statistics
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from measure import (
+    PHASE,
+    ROW,
+    PeakMemory,
+    cpu_seconds,
+    machine_info,
+    matmul_tflops,
+    time_steps,
+)
+from measure import (
+    run_isolated as run_script,
+)
 from torch.utils.flop_counter import FlopCounterMode
 
 from arvision.build import Blueprint, build_model, resolve
@@ -69,7 +76,6 @@ __all__ = [
 ]
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-PHASE, ROW = "@@phase ", "@@row "  # the worker's progress lines on stdout
 MODES = ("eager", "compile", "compile-blocks", "reference")
 #: mode -> the engine's train.compile
 COMPILE_KEY = {"compile": "model", "compile-blocks": "blocks"}
@@ -88,6 +94,9 @@ class Geometry:
     num_heads: int | None = None
     teacher: str = "ViT-H-14"  # open_clip name: only its token_spec is used (no weights)
     teacher_size: int | None = None  # None: the teacher's 224 -> 16x16 tokens
+    teacher_source: str = "clip"  # or "timm": ``teacher`` names a timm ViT (random weights)
+    teacher_online: bool = False  # the teacher runs in every step (timm only) instead of tokens
+    # read from a target cache
     segments: int = 2  # rows = cols
     decoder_dim: int = 1024
     decoder_depth: int = 2
@@ -110,7 +119,7 @@ def recipe_data(geometry: Geometry) -> dict[str, Any]:
     encoder = {"name": g.encoder, "img_size": g.img_size, "patch_size": g.patch_size,
                "pos_embed": "sincos", "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
                **{key: value for key, value in overrides.items() if value is not None}}
-    tokenizer = {"name": "clip", "model": g.teacher}
+    tokenizer = {"name": g.teacher_source, "model": g.teacher}
     if g.teacher_size is not None:
         tokenizer["size"] = g.teacher_size
 
@@ -157,82 +166,6 @@ def count_flops(geometry: Geometry, batch: int) -> int:
     return counter.get_total_flops()
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def matmul_tflops(device: torch.device | str, dtype: torch.dtype, n: int = 2048, warmup: int = 2,
-                  iters: int = 10) -> float:
-    """Achieved TFLOP/s of ``(n, n) @ (n, n)`` in ``dtype``, timed like the training step."""
-    device = torch.device(device)
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    out = torch.empty(n, n, device=device, dtype=dtype)
-    for _ in range(warmup):
-        torch.mm(a, b, out=out)
-    _sync(device)
-    start = time.perf_counter()
-    for _ in range(iters):
-        torch.mm(a, b, out=out)
-    _sync(device)
-    return 2 * n**3 * iters / (time.perf_counter() - start) / 1e12
-
-
-def _proc_status(field: str) -> int | None:
-    """A ``kB`` field of /proc/self/status (VmRSS, VmHWM) in bytes; None off Linux."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
-def _reset_peak_rss() -> bool:
-    """Reset the kernel's peak-RSS mark (VmHWM) so the next peak is the timed steps' own."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        return False
-    return True
-
-
-def _peak_rss() -> int:
-    """ru_maxrss in bytes (kB on Linux)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
-class _Memory:
-    """Peak memory of the timed steps: CUDA allocator peak, or peak RSS on the CPU."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-        self.baseline = _proc_status("VmRSS") or 0  # before the model exists
-
-    def start(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.device)
-            return
-        self.hwm_reset = _reset_peak_rss()
-        self.before = _proc_status("VmRSS") or 0
-
-    def stop(self) -> dict[str, Any]:
-        if self.device.type == "cuda":
-            return {"peak_memory_bytes": torch.cuda.max_memory_allocated(self.device),
-                    "memory_kind": "torch.cuda.max_memory_allocated during the timed steps"}
-        if self.hwm_reset and _proc_status("VmHWM") is not None:
-            peak, how = _proc_status("VmHWM"), "VmHWM reset before the timed steps"
-        else:
-            peak, how = _peak_rss(), "ru_maxrss (includes the warm-up's peak)"
-        return {"peak_memory_bytes": peak - self.baseline,
-                "memory_kind": f"peak RSS during the timed steps minus RSS before the model was "
-                               f"built ({how})",
-                "peak_rss_bytes": peak, "rss_baseline_bytes": self.baseline,
-                "rss_growth_timed_bytes": peak - self.before}
-
-
 class FixedBatches:
     """The same batch at every step, where the engine reads a data loader's batches."""
 
@@ -264,12 +197,14 @@ def make_step(config: Config, geometry: Geometry, device: torch.device):
     recipe = structure_recipe({**recipe_data(geometry), "train": train}, "benchmarks/train_step.py",
                               get_plugins())
     start = start_run(recipe, "benchmarks/train_step.py")  # seeds every RNG with train.seed
-    model = build_model(blueprint, with_tokenizer=False).to(device).train()
+    online = geometry.teacher_online
+    model = build_model(blueprint, with_tokenizer=online).to(device).train()
     model.attention = choose_backend(config.attention, device)
     images, tokens = make_inputs(blueprint, config.batch, device)
     seeds = torch.arange(config.batch)
-    batch = (images, torch.zeros(config.batch), seeds, tokens.tokens,
-             tokens.cls if tokens.cls is not None else torch.zeros(0))
+    batch = (images, torch.zeros(config.batch), seeds)  # the teacher computes the targets
+    if not online:  # a target cache's batch
+        batch += (tokens.tokens, tokens.cls if tokens.cls is not None else torch.zeros(0))
     out = Path(tempfile.gettempdir())  # unused: only fit() writes checkpoints
     trainer = assemble_trainer(start, out, model, FixedBatches(batch), pretrain_inputs,
                                ema_source=model.encoder, shard_units=model.encoder.vit.blocks)
@@ -287,22 +222,6 @@ def make_released_step(config: Config, blueprint: Blueprint, device: torch.devic
     return step
 
 
-def time_steps(step, count: int, device: torch.device) -> list[float]:
-    """Wall time of each of ``count`` calls of ``step`` (synchronised on CUDA)."""
-    times = []
-    for _ in range(count):
-        start = time.perf_counter()
-        step()
-        _sync(device)
-        times.append(time.perf_counter() - start)
-    return times
-
-
-def _cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
 def run_config(config: Config, geometry: Geometry = Geometry(), steps: int = 5, warmup: int = 2,
                device: str = "cpu", flops: int | None = None, report=None, matmul_n: int = 2048
                ) -> dict[str, Any]:
@@ -314,7 +233,7 @@ def run_config(config: Config, geometry: Geometry = Geometry(), steps: int = 5, 
     """
     row: dict[str, Any] = {**asdict(config), "status": "ok", "steps": steps, "warmup": warmup}
     dev, compiling = torch.device(device), config.mode in COMPILE_KEY
-    memory = _Memory(dev)
+    memory = PeakMemory(dev)
     try:
         step = make_step(config, geometry, dev)
         if compiling and report:
@@ -326,9 +245,9 @@ def run_config(config: Config, geometry: Geometry = Geometry(), steps: int = 5, 
                 report("timed")
         matmul = [matmul_tflops(dev, DTYPES[config.precision], matmul_n)]
         memory.start()
-        cpu = _cpu_seconds()
+        cpu = cpu_seconds()
         times = time_steps(step, steps, dev)
-        cpu = _cpu_seconds() - cpu
+        cpu = cpu_seconds() - cpu
         row.update(memory.stop())
         matmul.append(matmul_tflops(dev, DTYPES[config.precision], matmul_n))
     except Exception as exc:  # the row records it; the other configurations still run
@@ -348,25 +267,6 @@ def run_config(config: Config, geometry: Geometry = Geometry(), steps: int = 5, 
     return row
 
 
-def machine_info(device: torch.device) -> dict[str, Any]:
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    info = {"platform": platform.platform(), "python": platform.python_version(), "cpu": cpu,
-            "cpu_count": os.cpu_count(), "torch": torch.__version__,
-            "threads": torch.get_num_threads(), "device": str(device),
-            "device_name": cpu, "load_average": list(os.getloadavg())}
-    if device.type == "cuda":
-        info["device_name"] = torch.cuda.get_device_name(device)
-        info["cuda"] = torch.version.cuda
-    return info
-
-
 # -- the driver: one subprocess per configuration ----------------------------------------------------
 
 
@@ -383,53 +283,9 @@ def _worker(spec: dict[str, Any]) -> None:
     print(ROW + json.dumps(row), flush=True)
 
 
-def _read_lines(stream, lines: queue.Queue) -> None:
-    for line in stream:
-        lines.put(line)
-    lines.put(None)
-
-
 def run_isolated(spec: dict[str, Any], compile_budget: float, timeout: float) -> dict[str, Any]:
-    """Run a configuration in a fresh Python; stop a compile over budget or a run over timeout."""
-    base = {**spec["config"], "steps": spec["steps"], "warmup": spec["warmup"]}
-    with tempfile.TemporaryDirectory(prefix="arvision-bench-") as tmp:
-        env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": tmp}  # a cold compile for every row
-        stderr_path = Path(tmp) / "stderr.txt"
-        with stderr_path.open("w") as stderr:
-            proc = subprocess.Popen([sys.executable, __file__, "--worker", json.dumps(spec)],
-                                    stdout=subprocess.PIPE, stderr=stderr, text=True, env=env)
-            lines: queue.Queue = queue.Queue()
-            threading.Thread(target=_read_lines, args=(proc.stdout, lines), daemon=True).start()
-            start = phase_start = time.monotonic()
-            phase, row, killed = "setup", None, None
-            while True:
-                now = time.monotonic()
-                if phase == "compile" and now - phase_start > compile_budget:
-                    killed = (f"skipped: compile still running after {compile_budget:.0f} s "
-                              f"(--compile-budget)")
-                elif now - start > timeout:
-                    killed = f"skipped: still running after {timeout:.0f} s (--timeout)"
-                if killed:
-                    proc.kill()
-                    break
-                try:
-                    line = lines.get(timeout=1.0)
-                except queue.Empty:
-                    continue
-                if line is None:
-                    break
-                if line.startswith(PHASE):
-                    phase, phase_start = line[len(PHASE):].strip(), time.monotonic()
-                elif line.startswith(ROW):
-                    row = json.loads(line[len(ROW):])
-            proc.wait()
-        if row is not None:
-            return row
-        if killed:
-            return {**base, "status": "skipped", "error": killed}
-        tail = stderr_path.read_text().strip().splitlines()[-3:]
-        return {**base, "status": "failed",
-                "error": f"worker exited with {proc.returncode}: {' | '.join(tail)[:500]}"}
+    """One configuration of this benchmark in a fresh Python (:func:`measure.run_isolated`)."""
+    return run_script(__file__, spec, compile_budget, timeout)
 
 
 def _short(error: str, width: int = 100) -> str:

@@ -1,8 +1,9 @@
-"""The training-step benchmark runs end to end at a tiny geometry (no timing assertions)."""
+"""The training-step and scaling benchmarks run end to end at a tiny geometry (no timing
+assertions)."""
 
 import importlib.util
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 import pytest
 import torch
@@ -104,3 +105,40 @@ def test_the_released_model_converts_to_the_benchmarked_one(bench):
         parts = model(images, tokens=tokens, order=perm).parts
     torch.testing.assert_close(parts["generative"], generative, rtol=0, atol=1e-5)
     torch.testing.assert_close(parts["discriminative"], discriminative, rtol=0, atol=1e-5)
+
+
+def test_scaling_points_change_one_factor_at_a_time(bench):
+    import scaling
+
+    base = bench.Geometry()
+    found = scaling.points(base, (8, 32, 128))
+    assert [p.factor for p in found] == ["base", "batch", "batch", "encoder", "encoder",
+                                         "segments", "teacher", "teacher"]
+    for point in found[1:]:
+        changed = {k for k, v in asdict(point.geometry).items() if asdict(base)[k] != v}
+        changed |= {"batch"} if point.batch != 8 else set()
+        expected = {"batch": {"batch"}, "encoder": {"encoder"}, "segments": {"segments"},
+                    "teacher": {"teacher", "teacher_source"} | (
+                        {"teacher_online"} if point.geometry.teacher_online else set())}
+        assert changed == expected[point.factor], point
+    assert [p.encoder for p in found[3:5]] == ["Small", "Base"]
+    assert [p.targets for p in found[-2:]] == ["vit_huge_patch14_224 cache",
+                                               "vit_huge_patch14_224 online"]
+
+
+def test_scaling_rows_hold_the_estimate_beside_the_measurement(bench):
+    import scaling
+
+    geometry = replace(tiny(bench), teacher="vit_tiny_patch16_224", teacher_source="timm",
+                             teacher_size=64)  # 4x4 x 192 tokens
+    estimate = [scaling.estimated_peak(geometry, batch, "fp32", "cpu") for batch in (2, 4, 6)]
+    assert estimate[2] - estimate[1] == estimate[1] - estimate[0] > 0  # linear in the batch
+    rows = [scaling.measure_point(scaling.Point(factor, replace(geometry, teacher_online=on),
+                                                2), "fp32", "cpu", 1, 0, 1, 300)
+            for factor, on in (("base", False), ("teacher", True))]
+    for row in rows:
+        assert row["status"] == "ok", row.get("error")
+        assert row["estimated_peak_bytes"] == estimate[0] and row["measured_over_estimated"] > 0
+    assert rows[1]["targets"] == "vit_tiny_patch16_224 online"
+    table = scaling.format_table(rows).splitlines()
+    assert len(table) == 4 and "| teacher | Tiny | 2 | 2x2 | vit_tiny_patch16_224 online |" in table[3]
