@@ -42,7 +42,6 @@ from pathlib import Path
 import attrs
 import torch
 import torch.nn.functional as F
-from timm.models.beit import Beit
 from torch import Tensor, nn
 
 from arvision import hookimpl
@@ -50,6 +49,8 @@ from arvision.checkpoint import read_weights_only
 from arvision.components import ImageSpec, Tokenizer, Tokens, TokenSpec
 from arvision.config import positive, setting
 from arvision.errors import CheckpointError, listed
+
+from .vqkd_network import SIZES, beit_vit
 
 __all__ = ["IGNORED_KEYS", "IGNORED_PREFIXES", "SIZES", "VQKDConfig", "VQKDTokenizer", "beit_vit",
            "read_checkpoint", "read_checkpoint_file"]
@@ -63,10 +64,6 @@ IGNORED_KEYS = frozenset({"quantize.cluster_size", "quantize.embedding.cluster_s
 #: Official name -> this module's name, where they differ.
 RENAMED = {"quantize.embedding.weight": "codebook"}
 #: The config keys a checkpoint written by ``arvision tokenizer train-vqkd`` records under "vqkd".
-SIZES = ("size", "patch_size", "in_chans", "embed_dim", "depth", "num_heads", "num_codes",
-         "code_dim")
-
-
 @attrs.frozen
 class VQKDConfig:
     checkpoint: str = setting(help="the official VQ-KD weights, e.g. "
@@ -81,19 +78,6 @@ class VQKDConfig:
     code_dim: int = setting(32, "width of a code", validator=positive)
     in_chans: int = setting(3, "image channels the encoder reads (the official checkpoints: 3, "
                             "RGB; a VQ-KD trained here on grey images: 1)", validator=positive)
-
-
-def beit_vit(size: int, patch_size: int, in_chans: int, embed_dim: int, depth: int, num_heads: int,
-             drop_path: float = 0.0) -> Beit:
-    """The VQ-KD encoder (and decoder) network: timm's ``Beit`` as the reference's
-    ``VisionTransformer`` with ``use_mean_pooling`` (``norm`` an Identity, ``fc_norm`` after the
-    blocks), absolute positions, no relative position bias, no layer scale, no head."""
-    return Beit(
-        img_size=size, patch_size=patch_size, in_chans=in_chans, num_classes=0, global_pool="avg",
-        embed_dim=embed_dim, depth=depth, num_heads=num_heads, mlp_ratio=4.0, qkv_bias=True,
-        drop_path_rate=drop_path, init_values=None, use_abs_pos_emb=True, use_rel_pos_bias=False,
-        use_shared_rel_pos_bias=False,
-    )
 
 
 class VQKDTokenizer(Tokenizer):

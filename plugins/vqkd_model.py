@@ -20,7 +20,7 @@ does the same way:
   map as an image of ``code_dim`` channels with patch size 1 (``decoder_config['patch_size'] = 1``,
   ``img_size = img_size // patch_size``, ``in_chans = code_dim``); its width is the encoder's
   (768) and its depth 1 or 3 in the released models. Both are timm's ``Beit`` here
-  (:func:`arvision_plugins.vqkd.beit_vit`), the network the ``vqkd`` tokenizer runs, so the weights
+  (:func:`arvision_plugins.vqkd_network.beit_vit`), the network the ``vqkd`` tokenizer runs, so the weights
   written are the official layout.
 - ``encode_task_layer`` runs outside autocast (``torch.cuda.amp.autocast(enabled=False)``), and so
   does the quantiser; ``decode_task_layer`` maps to the teacher's width. Both task layers start
@@ -43,7 +43,7 @@ from torch import Tensor, nn
 from arvision.components import Tokenizer
 from arvision.engine import ModelOutput
 
-from .vqkd import beit_vit
+from .vqkd_network import beit_vit
 from .vqkd_quantizer import VectorQuantizer
 
 __all__ = ["VQKDModel", "task_layer"]

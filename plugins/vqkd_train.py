@@ -45,8 +45,8 @@ from arvision.engine import Trainer, TrainResult, assemble_trainer, fit, start_r
 from arvision.errors import RecipeError
 from arvision.recipe import recipe_to_dict
 
-from .vqkd import SIZES
 from .vqkd_model import VQKDModel
+from .vqkd_network import SIZES
 from .vqkd_quantizer import NEVER, VectorQuantizer
 from .vqkd_recipe import VQKDGeometry, VQKDRecipe, resolve_vqkd, tokenizer_table
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import arvision_plugins.vqkd as vqkd
+import arvision_plugins.vqkd_network as vqkd_network
 from arvision.components import ImageSpec, TokenSpec
 from arvision.errors import CheckpointError
 from arvision_plugins.vqkd import VQKDConfig, VQKDTokenizer
@@ -84,7 +84,7 @@ def reference_ids(state: dict, features: torch.Tensor) -> torch.Tensor:
 
 
 def test_token_spec_of_the_default_config_builds_nothing(monkeypatch):
-    monkeypatch.setattr(vqkd, "Beit", None)  # building would fail
+    monkeypatch.setattr(vqkd_network, "Beit", None)  # building would fail
     monkeypatch.setattr(torch, "load", None)  # and so would loading
     spec = VQKDTokenizer.token_spec(VQKDConfig(checkpoint="/nowhere/vqkd.pth"),
                                     ImageSpec(224, 3, 16))
