@@ -18,7 +18,7 @@ import tomli_w
 from PIL import Image
 
 from arvision.cli import main
-from conftest import REPO, TINY
+from conftest import REPO, TINY, run_cli
 
 ABLATION = '''base = "base.toml"
 seeds = [0, 1]
@@ -172,6 +172,25 @@ def test_a_changed_variant_reruns_alone(finished, tmp_path):
     assert sorted(row["run"] for row in rows if row["variant"] == "gen-and-disc") == new
     old = {row["run"]: row for row in results(out)}
     assert all(row == old[row["run"]] for row in rows if row["variant"] == "mse")
+
+
+def test_an_ablation_beside_a_finished_one_copies_its_runs(finished, capsys):
+    path, out = finished
+    again = out.parent / "again"  # a sibling of the finished output directory
+    before = snapshot(out)
+    code, shown, _ = run_cli(capsys, "ablate", path, "--out", again, "--dry-run", "--no-reuse")
+    assert code == 0 and "8 of 8 runs to do" in shown
+    code, shown, _ = run_cli(capsys, "ablate", path, "--out", again, "--dry-run")
+    assert code == 0 and "0 of 8 runs to do" in shown and shown.count(" reuse ") == 8
+    code, _, err = run_cli(capsys, "ablate", path, "--out", again)
+    assert code == 0 and err.count("arvision ablate: reused ") == 9  # 8 runs and the baselines
+    assert "started" not in err  # no worker ran
+    assert snapshot(out) == before  # the source is untouched
+    copied = results(again)
+    assert [row.pop("reused_from") for row in copied] == [
+        str(out / "runs" / row["run"]) for row in copied]
+    assert copied == [{k: v for k, v in row.items() if k != "reused_from"} for row in results(out)]
+    assert "| finished (reused) |" in (again / "report.md").read_text()
 
 
 def workers_of(out: Path) -> list[int]:

@@ -31,6 +31,7 @@ from .plan import Plan, PlannedRun
 from .progress import AblationProgress
 from .report import write_report
 from .results import Tables
+from .reuse import reuse_finished
 
 __all__ = ["Outcome", "git_version", "machine", "run_ablation"]
 
@@ -114,15 +115,22 @@ def _info(plan: Plan, jobs: int, command: str) -> dict[str, Any]:
 
 
 def run_ablation(plan: Plan, launcher: Any, jobs: int, report_dir: Path, console: Console,
-                 poll_s: float = 0.5, command: str | None = None) -> Outcome:
+                 poll_s: float = 0.5, command: str | None = None, reuse: bool = True) -> Outcome:
     """Run every unfinished run (baselines first), ``jobs`` at a time; report as they finish.
 
     ``command``: how the ablation was started, for the report (default: this process's argv).
+    ``reuse``: first copy the runs that ablations beside this one finished (reuse.py).
     """
     info = _info(plan, jobs, command or shlex.join(sys.argv))
     with ablation_lock(plan.out):
         write_json(plan.out / "ablation.json", info)
         todo = [run for run in plan.all_runs if not plan.finished(run)]
+        if reuse:
+            reused = reuse_finished(plan, todo)
+            for name, source in reused.items():
+                console.print(f"arvision ablate: reused {name} from {source}", highlight=False,
+                              soft_wrap=True)
+            todo = [run for run in todo if run.name not in reused]
         write_report(plan, report_dir, info)
         with AblationProgress(len(todo), jobs, console) as progress:
             failed = _launch_all(plan, todo, launcher, jobs, poll_s, info, progress,

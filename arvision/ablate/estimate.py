@@ -15,6 +15,7 @@ from rich.table import Table
 from . import backend
 from .plan import Plan, PlannedRun
 from .progress import duration
+from .reuse import find_finished
 
 __all__ = ["dry_run", "measure_rate"]
 
@@ -45,8 +46,16 @@ def measure_rate(plan: Plan, steps: int = 4) -> tuple[float, PlannedRun] | None:
     return _work(smallest) / seconds, smallest
 
 
-def dry_run(plan: Plan, jobs: int, console: Console, timing: bool = True) -> list[dict[str, Any]]:
-    """Print the table of variants x seeds with parameters, FLOPs per image and estimated time."""
+def _status(plan: Plan, run: PlannedRun, reuse: bool) -> str:
+    if plan.finished(run):
+        return "finished"
+    return "reuse" if reuse and find_finished(plan, run, [plan.out.parent]) else "to do"
+
+
+def dry_run(plan: Plan, jobs: int, console: Console, timing: bool = True, reuse: bool = True
+            ) -> list[dict[str, Any]]:
+    """Print the table of variants x seeds with parameters, FLOPs per image and estimated time;
+    ``reuse``: a run another ablation beside this one finished shows as 'reuse' (reuse.py)."""
     measured, problem = None, None
     if timing:
         try:
@@ -62,7 +71,7 @@ def dry_run(plan: Plan, jobs: int, console: Console, timing: bool = True) -> lis
         costs = run.costs
         steps, work = costs.get("steps"), _work(run)
         seconds = work * steps / rate if rate and work and steps else None
-        status = "finished" if plan.finished(run) else "to do"
+        status = _status(plan, run, reuse)
         rows.append({"run": run.name, "label": run.label, "seed": run.seed, "status": status,
                      **costs, "estimated_s": seconds})
         table.add_row(run.label, str(run.seed), status, _si(costs.get("parameters")),

@@ -104,7 +104,8 @@ def _runs_table(tables: Tables, report_dir: Path) -> list[str]:
     for run, row in zip(tables.plan.runs, tables.rows, strict=True):
         inside = report_dir.resolve() in run.directory.resolve().parents  # else not published
         result = os.path.relpath(run.directory / "result.json", report_dir)
-        cells = [run.label, str(run.seed), row["status"],
+        status = row["status"] + (" (reused)" if row.get("reused_from") else "")
+        cells = [run.label, str(run.seed), status,
                  *(f"{row[name]:.2f}" if row.get(name) is not None else "-" for name in accuracies),
                  f"{row['final_loss']:.4f}" if row.get("final_loss") is not None else "-",
                  duration(row.get("wall_s")) if row.get("wall_s") else "-",

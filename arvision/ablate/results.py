@@ -42,6 +42,7 @@ def run_row(run: PlannedRun, result: dict[str, Any] | None, status: str) -> dict
     row["identity"] = run.identity
     if result is not None:
         row["git"] = result.get("git")
+        row["reused_from"] = result.get("reused_from")  # copied from another ablation (reuse.py)
     return row
 
 

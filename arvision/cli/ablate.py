@@ -36,6 +36,9 @@ def ablate(
                                        "(default: [launcher] threads, else cores // jobs)."),
     launcher: Launcher = typer.Option(Launcher.local, "--launcher", help="'local': "
                                       "subprocesses here; 'slurm': one submitit job per run."),
+    reuse: bool = typer.Option(True, "--reuse/--no-reuse", help="Copy the runs that ablations "
+                               "beside this one (the output directory's siblings) finished with "
+                               "the same identity and protocol, instead of training them again."),
     overrides: list[str] = Overrides,
 ) -> None:
     """Run every variant of FILE for every seed, evaluate them alike, and report side by side.
@@ -63,7 +66,7 @@ def ablate(
     if dry_run:
         from ..ablate.estimate import dry_run as show
 
-        show(plan, jobs, _stdout())
+        show(plan, jobs, _stdout(), reuse=reuse)
         return
     from ..ablate.driver import run_ablation
     from ..ablate.report import print_summary
@@ -80,10 +83,11 @@ def ablate(
     report_dir = report or out
     options = [str(file), "--out", str(out)] + (["--report", str(report)] if report else []) + \
         ["--jobs", str(jobs), "--threads", str(threads), "--launcher", launcher.value] + \
-        [item for assignment in overrides for item in ("--set", assignment)]
+        [item for assignment in overrides for item in ("--set", assignment)] + \
+        ([] if reuse else ["--no-reuse"])
     command = shlex.join(["arvision", "ablate", *options])
     try:
-        outcome = run_ablation(plan, runner, jobs, report_dir, console, poll, command)
+        outcome = run_ablation(plan, runner, jobs, report_dir, console, poll, command, reuse)
     except KeyboardInterrupt:
         typer.echo("arvision ablate: interrupted; the same command continues where it stopped",
                    err=True)
