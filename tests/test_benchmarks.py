@@ -142,3 +142,28 @@ def test_scaling_rows_hold_the_estimate_beside_the_measurement(bench):
     assert rows[1]["targets"] == "vit_tiny_patch16_224 online"
     table = scaling.format_table(rows).splitlines()
     assert len(table) == 4 and "| teacher | Tiny | 2 | 2x2 | vit_tiny_patch16_224 online |" in table[3]
+
+
+@pytest.fixture(scope="module")
+def profiler(bench):
+    path = REPO / "benchmarks" / "profile_step.py"
+    spec = importlib.util.spec_from_file_location("profile_step_benchmark", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_profiles_of_both_steps_sit_side_by_side(bench, profiler):
+    sides = {mode: profiler.profile_config(bench.Config("fp32", mode, 2), steps=1, warmup=1,
+                                           device="cpu", geometry=released_tiny(bench))
+             for mode in profiler.SIDES}
+    for side in sides.values():
+        names = [row["name"] for row in side["operators"]]
+        assert "aten::addmm" in names or "aten::mm" in names  # the linear layers ran, profiled
+        assert side["step_self_cpu_ms"] == pytest.approx(
+            sum(row["self_cpu_ms"] for row in side["operators"]))
+    # the released step draws its orders with randperm; arvision's come from per-sample seeds
+    assert any(row["name"] == "aten::randperm" for row in sides["reference"]["operators"])
+    table = profiler.format_side_by_side(sides["eager"], sides["reference"], top=5).splitlines()
+    assert table[0].startswith("| operator | arvision ms/step")
+    assert len(table) >= 2 + 5 + 1 and table[-1].startswith("| **total self time**")
