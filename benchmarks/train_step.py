@@ -15,7 +15,10 @@ forward compiled in place; ``compile-blocks``: ``train.compile = "blocks"``, ``c
 every transformer block of the encoder and the decoders; ``reference``: the released D-iGPT model
 restated in eager PyTorch (benchmarks/digpt_reference.py) at the same geometry, its own step
 (benchmarks/reference_step.py), so arvision's overhead shows beside it (its FLOPs are counted on
-the arvision model, the same computation). Each configuration runs in a fresh
+the arvision model, the same computation); ``reference-reuse``: the same, with the C allocator
+set as arvision's engine sets it on the CPU (``train.cpu_allocator = "reuse"``,
+:mod:`arvision.engine.cpu_memory`), which the released code as it runs does not; both
+comparisons are printed side by side. Each configuration runs in a fresh
 subprocess (with its own, cold inductor cache): a compile failure or a crash becomes that row's
 error, CPU peak RSS is per configuration, and a compile still running after ``--compile-budget``
 seconds is stopped and its row marked skipped. The first compiled step is timed and reported as
@@ -24,7 +27,8 @@ the compile time; it is not part of the timed steps. Step time is the median of 
 Peak memory: ``torch.cuda.max_memory_allocated`` over the timed steps on CUDA; on the CPU the peak
 RSS of the timed steps (the kernel's VmHWM, reset just before them) minus the RSS before the model
 was built, i.e. weights, gradients, optimiser state, activations and allocator caching. The JSON
-also holds ``rss_growth_timed_bytes``, the peak over the RSS at the start of the timed steps.
+also holds ``rss_growth_timed_bytes``, the peak over the RSS at the start of the timed steps, and
+``page_faults_per_step``: the process's minor page faults over the timed steps, per step.
 
 FLOPs per step are counted once per batch size with ``FlopCounterMode`` on the meta device
 (forward + backward; the optimiser's elementwise work is not counted) and divided by the step time.
@@ -37,6 +41,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import sys
 import tempfile
@@ -63,6 +68,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from arvision.build import Blueprint, build_model, resolve
 from arvision.components import Tokens
 from arvision.engine import assemble_trainer, start_run
+from arvision.engine.cpu_memory import reuse_freed_memory
 from arvision.model.attention import choose_backend
 from arvision.plugins import get_plugins
 from arvision.pretrain import pretrain_inputs
@@ -70,13 +76,16 @@ from arvision.recipe import structure_recipe
 from reference_step import make_reference_step
 
 __all__ = [
-    "Config", "FixedBatches", "Geometry", "count_flops", "format_table", "machine_info", "main",
+    "Config", "FixedBatches", "Geometry", "count_flops", "format_comparison", "format_table",
+    "machine_info", "main",
     "make_blueprint", "make_step", "matmul_tflops", "recipe_data", "run_config", "run_isolated",
     "time_steps",
 ]
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-MODES = ("eager", "compile", "compile-blocks", "reference")
+MODES = ("eager", "compile", "compile-blocks", "reference", "reference-reuse")
+#: the released model's step: as it runs, and with arvision's CPU allocator setting
+REFERENCE_MODES = ("reference", "reference-reuse")
 #: mode -> the engine's train.compile
 COMPILE_KEY = {"compile": "model", "compile-blocks": "blocks"}
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -107,7 +116,8 @@ class Geometry:
 class Config:
     precision: str = "fp32"  # or "bf16" (autocast)
     mode: str = "eager"  # "compile": the whole model; "compile-blocks": each transformer block;
-    # "reference": the released D-iGPT model restated (benchmarks/reference_step.py)
+    # "reference": the released D-iGPT model restated (benchmarks/reference_step.py);
+    # "reference-reuse": the same with arvision's CPU allocator setting
     batch: int = 8
     attention: str = "auto"  # train.attention_backend: "auto" (flex on CUDA), "sdpa", "flex"
 
@@ -189,7 +199,9 @@ def make_step(config: Config, geometry: Geometry, device: torch.device):
     As in training, every sample's segment order is drawn from its own seed inside the step.
     """
     blueprint = make_blueprint(geometry)
-    if config.mode == "reference":
+    if config.mode in REFERENCE_MODES:
+        if config.mode == "reference-reuse" and device.type == "cpu":
+            reuse_freed_memory()
         return make_released_step(config, blueprint, device)
     train = {"batch_size": config.batch, "precision": config.precision, "device": str(device),
              "base_lr": 1e-4, "compile": COMPILE_KEY.get(config.mode, "none"),
@@ -245,9 +257,11 @@ def run_config(config: Config, geometry: Geometry = Geometry(), steps: int = 5, 
                 report("timed")
         matmul = [matmul_tflops(dev, DTYPES[config.precision], matmul_n)]
         memory.start()
-        cpu = cpu_seconds()
+        cpu, faults = cpu_seconds(), resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         times = time_steps(step, steps, dev)
         cpu = cpu_seconds() - cpu
+        row["page_faults_per_step"] = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+                                       - faults) / steps
         row.update(memory.stop())
         matmul.append(matmul_tflops(dev, DTYPES[config.precision], matmul_n))
     except Exception as exc:  # the row records it; the other configurations still run
@@ -318,6 +332,30 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     lines = ["| " + " | ".join(COLUMNS) + " |",
              "|" + "|".join("---" if i < 2 else "---:" for i in range(len(COLUMNS))) + "|"]
     lines += ["| " + " | ".join(_cells(r)) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def format_comparison(rows: list[dict[str, Any]]) -> str:
+    """arvision's eager step against each reference mode measured, per precision and batch: a
+    Markdown table of images/s, peak memory and their ratios (arvision / released)."""
+    lines = ["| precision | batch | released step | arvision images/s | released images/s | "
+             "ratio | arvision peak | released peak | memory ratio | page faults / step |",
+             "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
+    ok = {(r["precision"], r["batch"], r["mode"]): r for r in rows if r["status"] == "ok"}
+    for (precision, batch, mode), ours in ok.items():
+        if mode != "eager":
+            continue
+        for reference in REFERENCE_MODES:
+            theirs = ok.get((precision, batch, reference))
+            if theirs is None:
+                continue
+            lines.append(
+                f"| {precision} | {batch} | {reference} | {ours['images_per_s']:.2f} | "
+                f"{theirs['images_per_s']:.2f} | "
+                f"{ours['images_per_s'] / theirs['images_per_s']:.2f} | "
+                f"{_fmt_bytes(ours['peak_memory_bytes'])} | {_fmt_bytes(theirs['peak_memory_bytes'])} | "
+                f"{ours['peak_memory_bytes'] / theirs['peak_memory_bytes']:.2f} | "
+                f"{ours['page_faults_per_step']:.0f} / {theirs['page_faults_per_step']:.0f} |")
     return "\n".join(lines)
 
 
@@ -401,6 +439,10 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                 result["total_s"] = time.perf_counter() - began
                 out.write_text(json.dumps(result, indent=2) + "\n")  # a killed run keeps its rows
     _print_table(rows, matmul)
+    comparison = format_comparison(rows)
+    if comparison.count("\n") > 1:
+        print(comparison)
+        result["comparison"] = comparison
     result["complete"] = True
     result["machine"]["load_average_end"] = list(os.getloadavg())
     out.write_text(json.dumps(result, indent=2) + "\n")

@@ -84,6 +84,33 @@ def test_reference_mode_gives_a_row(bench):
     assert row["images_per_s"] > 0 and "compile_s" not in row
 
 
+def test_released_step_with_arvisions_allocator_runs_in_its_own_process(bench):
+    # reference-reuse changes the process's C allocator: only ever in a worker process
+    spec = {"config": asdict(bench.Config("fp32", "reference-reuse", 2)),
+            "geometry": asdict(released_tiny(bench)), "steps": 2, "warmup": 1, "device": "cpu",
+            "flops": None, "threads": 1, "matmul_n": 128}
+    row = bench.run_isolated(spec, compile_budget=60, timeout=300)
+    assert row["status"] == "ok", row.get("error")
+    assert row["page_faults_per_step"] >= 0
+
+
+def test_comparison_sets_arvision_beside_each_released_step(bench):
+    def row(mode, images_per_s, peak, faults, precision="bf16"):
+        return {"precision": precision, "batch": 8, "mode": mode, "status": "ok",
+                "images_per_s": images_per_s, "peak_memory_bytes": peak * 2**30,
+                "page_faults_per_step": faults}
+
+    rows = [row("eager", 8.0, 1.5, 1), row("reference", 6.0, 2.0, 130000),
+            row("reference-reuse", 7.0, 2.0, 2), row("compile", 9.0, 1.0, 0),
+            row("eager", 2.0, 1.0, 1, "fp32"),  # no released step measured: no line
+            {"precision": "bf16", "batch": 32, "mode": "reference", "status": "failed"}]
+    table = bench.format_comparison(rows).splitlines()
+    assert len(table) == 4
+    assert table[2] == ("| bf16 | 8 | reference | 8.00 | 6.00 | 1.33 | 1.50 GiB | 2.00 GiB | 0.75 "
+                        "| 1 / 130000 |")
+    assert table[3].startswith("| bf16 | 8 | reference-reuse | 8.00 | 7.00 | 1.14 |")
+
+
 def test_the_released_model_converts_to_the_benchmarked_one(bench):
     """The reference mode times the model arvision's rows time: the released model's weights,
     converted, load into the benchmark's ARModel and give its losses."""

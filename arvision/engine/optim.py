@@ -27,10 +27,13 @@ ParamGroups = Callable[[nn.Module, float], list[dict[str, Any]]]
 def make_optimizer(model: nn.Module, config: TrainConfig, device: torch.device,
                    param_groups: ParamGroups = param_groups_weight_decay) -> torch.optim.AdamW:
     """AdamW at lr = base_lr x batch / 256 over ``param_groups(model, weight_decay)`` (default: no
-    weight decay on biases, norms and 1-D params)."""
+    weight decay on biases, norms and 1-D params). Fused (one kernel over every parameter) on
+    CUDA and on the CPU, where torch's default per-tensor loop took 5-15x longer (its
+    temporaries are allocated and freed per parameter)."""
     lr = config.base_lr * config.batch_size / 256
     groups = param_groups(model, config.weight_decay)
-    return torch.optim.AdamW(groups, lr=lr, betas=config.betas, fused=device.type == "cuda")
+    return torch.optim.AdamW(groups, lr=lr, betas=config.betas,
+                             fused=device.type in ("cuda", "cpu"))
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, steps: int,

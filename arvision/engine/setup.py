@@ -21,6 +21,7 @@ from torch import nn
 from ..errors import RecipeError
 from ..precision import resolve_precision
 from ..recipe.schema import TrainConfig
+from .cpu_memory import reuse_freed_memory
 from .distributed import Ranks, setup, wrap
 from .optim import ParamGroups, compile_model, make_optimizer, make_scheduler
 from .trainer import BatchInputs, Trainer
@@ -67,6 +68,8 @@ def configure_backends(config: TrainConfig, device: torch.device) -> None:
         torch.backends.cudnn.allow_tf32 = True
     if config.precision == "fp16" and device.type != "cuda":
         raise RecipeError("train.precision: 'fp16' needs CUDA; use 'bf16' on CPU")
+    if device.type == "cpu" and config.cpu_allocator == "reuse":
+        reuse_freed_memory()
 
 
 def start_run(recipe: Any, source: str) -> RunStart:

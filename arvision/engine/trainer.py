@@ -83,8 +83,9 @@ class Trainer:
             last = index == self.accumulation - 1
             sync = contextlib.nullcontext() if last or not hasattr(self.step_module, "no_sync") \
                 else self.step_module.no_sync()
-            with sync, autocast(self.device, config.precision):
-                output = self.step_module(**inputs)
+            with sync:
+                with autocast(self.device, config.precision):  # forward only, as torch advises:
+                    output = self.step_module(**inputs)  # backward follows the forward's dtypes
                 self.scaler.scale(output.loss / self.accumulation).backward()
             loss_sum += output.loss.item() / self.accumulation
             for key, value in output.parts.items():

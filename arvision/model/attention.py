@@ -1,9 +1,13 @@
 """Attention over a plan's block-causal mask by one of two backends.
 
 ``sdpa``: ``F.scaled_dot_product_attention`` with the boolean mask (:meth:`Plan.mask`), on any
-device. ``flex``: ``torch.nn.attention.flex_attention`` with a ``BlockMask`` built from the same
-rule (:func:`arvision.plan.flex_block_mask`): compiled, its kernels skip the blocks the mask
-hides entirely. In torch 2.14 flex attention has no backward on the CPU, so training with it
+device; on the CPU in bf16 the same attention is written out (``softmax(q k^T / sqrt(d)) v``,
+:func:`explicit_attention`), which torch 2.14's CPU kernels run 1.7-9x faster than SDPA's flash
+kernel in that precision (forward + backward; docs/performance.md).
+
+``flex``: ``torch.nn.attention.flex_attention`` with a ``BlockMask`` built from the same rule
+(:func:`arvision.plan.flex_block_mask`): compiled, its kernels skip the blocks the mask hides
+entirely. In torch 2.14 flex attention has no backward on the CPU, so training with it
 needs CUDA; ``auto`` picks flex on CUDA and SDPA elsewhere.
 
 Attention layers take either mask as ``attn_mask`` and dispatch on its type, so the encoder and
@@ -19,7 +23,8 @@ from timm.layers import Attention
 from torch import Tensor
 from torch.nn.attention.flex_attention import BlockMask, create_mask, flex_attention
 
-__all__ = ["AttentionBackend", "MaskedAttention", "attend", "choose_backend"]
+__all__ = ["AttentionBackend", "MaskedAttention", "attend", "choose_backend",
+           "explicit_attention"]
 
 AttentionBackend = Literal["sdpa", "flex"]
 
@@ -45,11 +50,33 @@ def _compiled_flex_attention():
     return torch.compile(flex_attention, dynamic=False)
 
 
+def explicit_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None,
+                       dropout_p: float = 0.0) -> Tensor:
+    """SDPA's math written out: (B, H, N, C) x (B, H, M, C) -> (B, H, N, C); ``mask`` boolean,
+    broadcast to (B, H, N, M), True = attend. Under autocast the softmax runs in fp32."""
+    scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)  # (B, H, N, M)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    weights = F.dropout(scores.softmax(dim=-1), dropout_p) if dropout_p else scores.softmax(dim=-1)
+    return weights @ v
+
+
+def _bf16_on_cpu(q: Tensor) -> bool:
+    """Whether attention over ``q`` runs in bf16 on the CPU (bf16 inputs, or bf16 autocast)."""
+    if q.device.type != "cpu":
+        return False
+    autocast = torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+    return q.dtype == torch.bfloat16 or autocast
+
+
 def attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | BlockMask | None,
            dropout_p: float = 0.0) -> Tensor:
     """Scaled dot-product attention, (B, H, N, C) x (B, H, M, C) -> (B, H, N, C), masked by a
-    boolean mask (True = attend; SDPA) or a ``BlockMask`` (flex attention)."""
+    boolean mask (True = attend; SDPA, or :func:`explicit_attention` in bf16 on the CPU) or a
+    ``BlockMask`` (flex attention)."""
     if not isinstance(mask, BlockMask):
+        if _bf16_on_cpu(q):
+            return explicit_attention(q, k, v, mask, dropout_p)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
     if dropout_p:
         raise ValueError("flex attention has no attention dropout; use attention_backend 'sdpa'")
@@ -64,13 +91,14 @@ def attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | BlockMask | None,
 class MaskedAttention(Attention):
     """timm's self-attention (same parameters, same names) that also takes a ``BlockMask``.
 
-    Injected as ``attn_layer`` into timm blocks; with a boolean mask or none it is timm's own
-    forward. Its flex path computes q, k, v as timm's does, then :func:`attend`.
+    Injected as ``attn_layer`` into timm blocks. It computes q, k, v as timm's does, then
+    :func:`attend` (so bf16 on the CPU takes the explicit path); ``is_causal`` is timm's own
+    forward.
     """
 
     def forward(self, x: Tensor, attn_mask: Tensor | BlockMask | None = None,
                 is_causal: bool = False) -> Tensor:
-        if not isinstance(attn_mask, BlockMask):
+        if is_causal:
             return super().forward(x, attn_mask, is_causal)
         batch, length, _ = x.shape
         gate = self.gate(x).sigmoid() if self.gate is not None else None

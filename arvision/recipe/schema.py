@@ -149,6 +149,10 @@ class TrainConfig:
         "auto", "pretraining's block-causal attention: 'sdpa' (a boolean mask), 'flex' (flex "
         "attention with a BlockMask: kernels skip masked blocks; CUDA only), 'auto' (flex on "
         "CUDA, else sdpa)")
+    cpu_allocator: Literal["reuse", "system"] = setting(
+        "reuse", "training on the CPU: 'reuse' keeps the memory a step frees for the next step "
+        "(glibc: no mmap, no trimming; no page faults per step), 'system' leaves the C "
+        "allocator's defaults")
     deterministic: bool = setting(False, "deterministic algorithms (bitwise repeatable runs)")
     log_every: int = setting(10, "log metrics every N steps", validator=positive)
     seed: int = setting(0, "seed for weights, data order, augmentation and segment orders")
