@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 __all__ = ["PHASE", "ROW", "PeakMemory", "cpu_seconds", "machine_info", "matmul_tflops",
+           "matmul_tflops_apart",
            "run_isolated", "sync", "time_steps"]
 
 PHASE, ROW = "@@phase ", "@@row "  # the worker's progress lines on stdout
@@ -50,6 +51,23 @@ def matmul_tflops(device: torch.device | str, dtype: torch.dtype, n: int = 2048,
         torch.mm(a, b, out=out)
     sync(device)
     return 2 * n**3 * iters / (time.perf_counter() - start) / 1e12
+
+
+def matmul_tflops_apart(device: torch.device | str, dtype: torch.dtype, n: int = 2048) -> float:
+    """:func:`matmul_tflops` in a fresh Python with this process's thread count, at this moment.
+
+    Not in this process: its operands, freed, would raise glibc's mmap threshold (it follows the
+    size of the mapped blocks a process frees), and a step timed after it would then fault less
+    than the same step in a plain training loop.
+    """
+    code = ("import sys, torch; sys.path.insert(0, sys.argv[1]); from measure import matmul_tflops; "
+            "torch.set_num_threads(int(sys.argv[2])); "
+            "print(matmul_tflops(sys.argv[3], getattr(torch, sys.argv[4]), int(sys.argv[5])))")
+    dtype_name = str(dtype).removeprefix("torch.")
+    result = subprocess.run([sys.executable, "-c", code, str(Path(__file__).parent),
+                             str(torch.get_num_threads()), str(device), dtype_name, str(n)],
+                            capture_output=True, text=True, check=True)
+    return float(result.stdout.strip().splitlines()[-1])
 
 
 def _proc_status(field: str) -> int | None:

@@ -32,8 +32,10 @@ also holds ``rss_growth_timed_bytes``, the peak over the RSS at the start of the
 
 FLOPs per step are counted once per batch size with ``FlopCounterMode`` on the meta device
 (forward + backward; the optimiser's elementwise work is not counted) and divided by the step time.
-The reference is a 2048^3 matmul in the row's dtype, timed the same way in the same process right
-before and right after the timed steps (the mean of the two), so both see the same machine load.
+The reference is a 2048^3 matmul in the row's dtype, timed the same way right before and right
+after the timed steps (the mean of the two), so both see the same machine load; in a fresh process
+with the same thread count (:func:`measure.matmul_tflops_apart`), since in this one it would change
+how glibc serves the step's allocations.
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ from measure import (
     cpu_seconds,
     machine_info,
     matmul_tflops,
+    matmul_tflops_apart,
     time_steps,
 )
 from measure import (
@@ -240,8 +243,8 @@ def run_config(config: Config, geometry: Geometry = Geometry(), steps: int = 5, 
     """Time ``steps`` training steps after ``warmup`` (+1 to compile); a failure is the row's error.
 
     A ``matmul_n``-cubed matmul in the row's dtype is timed right before and after the timed steps
-    (same process, same load) as the reference for ``fraction_of_matmul``. ``report(phase)`` is
-    told "compile" before the first compiled step and "timed" after it.
+    (in a fresh process, under the same load) as the reference for ``fraction_of_matmul``.
+    ``report(phase)`` is told "compile" before the first compiled step and "timed" after it.
     """
     row: dict[str, Any] = {**asdict(config), "status": "ok", "steps": steps, "warmup": warmup}
     dev, compiling = torch.device(device), config.mode in COMPILE_KEY
@@ -255,7 +258,7 @@ def run_config(config: Config, geometry: Geometry = Geometry(), steps: int = 5, 
             row["compile_s"] = row["warmup_s"][0]  # tracing and compiling, then the step itself
             if report:
                 report("timed")
-        matmul = [matmul_tflops(dev, DTYPES[config.precision], matmul_n)]
+        matmul = [matmul_tflops_apart(dev, DTYPES[config.precision], matmul_n)]
         memory.start()
         cpu, faults = cpu_seconds(), resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         times = time_steps(step, steps, dev)
@@ -263,7 +266,7 @@ def run_config(config: Config, geometry: Geometry = Geometry(), steps: int = 5, 
         row["page_faults_per_step"] = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt
                                        - faults) / steps
         row.update(memory.stop())
-        matmul.append(matmul_tflops(dev, DTYPES[config.precision], matmul_n))
+        matmul.append(matmul_tflops_apart(dev, DTYPES[config.precision], matmul_n))
     except Exception as exc:  # the row records it; the other configurations still run
         row.update(status="failed", error=f"{type(exc).__name__}: {str(exc).strip()[:500]}")
         return row

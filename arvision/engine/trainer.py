@@ -94,7 +94,10 @@ class Trainer:
                 extra_sum[key] = extra_sum.get(key, 0.0) + float(value) / self.accumulation
         self.scaler.unscale_(self.optimizer)
         params = [p for p in self.model.parameters() if p.requires_grad]
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, config.clip_grad or math.inf).item()
+        norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+        if config.clip_grad:  # without clipping the norm is only checked and logged
+            torch.nn.utils.clip_grads_with_norm_(params, config.clip_grad, norm)
+        grad_norm = norm.item()
         metrics = self.ranks.mean({"loss": loss_sum, "grad_norm": grad_norm,
                                    **{f"loss/{k}": v for k, v in parts_sum.items()}, **extra_sum},
                                   self.device)
