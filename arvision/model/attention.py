@@ -53,7 +53,8 @@ def _compiled_flex_attention():
 def explicit_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None,
                        dropout_p: float = 0.0) -> Tensor:
     """SDPA's math written out: (B, H, N, C) x (B, H, M, C) -> (B, H, N, C); ``mask`` boolean,
-    broadcast to (B, H, N, M), True = attend. Under autocast the softmax runs in fp32."""
+    broadcast to (B, H, N, M), True = attend. Under CPU autocast the scores and the softmax's
+    output are bf16 (torch's kernel computes in fp32 inside), as in timm's unfused attention."""
     scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)  # (B, H, N, M)
     if mask is not None:
         scores = scores.masked_fill(~mask, float("-inf"))
