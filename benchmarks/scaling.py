@@ -9,7 +9,8 @@ the teacher's tokens read from a target cache) one factor changes at a time:
 
     batch       32, 128 (``--batches``)
     encoder     ViT-Small, ViT-Base (the released depth 12, so the same tapped blocks)
-    segments    4x4
+    segments    7x7 (49 segments of 2x2 patches instead of 4 of 7x7; 4x4 does not divide 14x14),
+                with the teacher at 196 px so that its grid (14x14) divides too
     teacher     online: a ViT-H/14 (timm ``vit_huge_patch14_224``, random weights: only its cost
                 counts) runs in every step, beside the same teacher's tokens from a cache
 
@@ -76,7 +77,9 @@ def points(base: Geometry = Geometry(), batches: tuple[int, ...] = (8, 32, 128))
         *(Point("batch", base, batch) for batch in more),
         *(Point("encoder", replace(base, encoder=ENCODERS[name]), first)
           for name in ("Small", "Base")),
-        Point("segments", replace(base, segments=4), first),
+        # segments must divide the student's 14x14 grid and the teacher's: 7x7 with the
+        # teacher at 196 px (14x14 tokens instead of 16x16)
+        Point("segments", replace(base, segments=7, teacher_size=196), first),
         Point("teacher", timm_teacher, first),
         Point("teacher", replace(timm_teacher, teacher_online=True), first),
     ]
@@ -139,7 +142,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batches", type=int, nargs="+", default=[8, 32, 128],
                         help="the base point's batch first, then the larger ones")
     parser.add_argument("--steps", type=int, default=3, help="timed steps per point")
-    parser.add_argument("--warmup", type=int, default=1, help="warm-up steps per point")
+    parser.add_argument("--warmup", type=int, default=2, help="warm-up steps per point")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds per point")
     parser.add_argument("--out", default="benchmarks/results/scaling.json")
     return parser.parse_args(argv)
