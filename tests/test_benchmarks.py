@@ -144,13 +144,16 @@ def test_scaling_points_change_one_factor_at_a_time(bench):
     for point in found[1:]:
         changed = {k for k, v in asdict(point.geometry).items() if asdict(base)[k] != v}
         changed |= {"batch"} if point.batch != 8 else set()
-        expected = {"batch": {"batch"}, "encoder": {"encoder"}, "segments": {"segments"},
+        expected = {"batch": {"batch"}, "encoder": {"encoder"},
+                    "segments": {"segments", "teacher_size"},  # both grids must divide
                     "teacher": {"teacher", "teacher_source"} | (
                         {"teacher_online"} if point.geometry.teacher_online else set())}
         assert changed == expected[point.factor], point
     assert [p.encoder for p in found[3:5]] == ["Small", "Base"]
     assert [p.targets for p in found[-2:]] == ["vit_huge_patch14_224 cache",
                                                "vit_huge_patch14_224 online"]
+    for point in found:  # every point is a recipe arvision accepts (4x4 segments of 14x14 was not)
+        assert scaling.estimated_peak(point.geometry, point.batch, "bf16", "cpu") > 0
 
 
 def test_scaling_rows_hold_the_estimate_beside_the_measurement(bench):
