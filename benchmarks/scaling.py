@@ -46,6 +46,7 @@ __all__ = ["Point", "estimated_peak", "format_table", "main", "measure_point", "
 ENCODERS = {"Tiny": "vit_tiny_patch16_224", "Small": "vit_small_patch16_224",
             "Base": "vit_base_patch16_224"}
 TEACHER = "vit_huge_patch14_224"  # the ViT-H/14 trunk of D-iGPT's CLIP teacher, in timm
+TEACHER_PATCH = 14  # its patch size (the base point's CLIP ViT-H-14 too)
 
 
 @dataclass(frozen=True)
@@ -71,15 +72,17 @@ class Point:
 def points(base: Geometry = Geometry(), batches: tuple[int, ...] = (8, 32, 128)) -> list[Point]:
     """The base point, then each factor changed alone (see the module docstring)."""
     first, *more = batches
+    grid = base.img_size // base.patch_size  # the student's tokens per side
     timm_teacher = replace(base, teacher=TEACHER, teacher_source="timm")
     return [
         Point("base", base, first),
         *(Point("batch", base, batch) for batch in more),
         *(Point("encoder", replace(base, encoder=ENCODERS[name]), first)
           for name in ("Small", "Base")),
-        # segments must divide the student's 14x14 grid and the teacher's: 7x7 with the
-        # teacher at 196 px (14x14 tokens instead of 16x16)
-        Point("segments", replace(base, segments=7, teacher_size=196), first),
+        # segments must divide the student's grid and the teacher's: half the student's grid
+        # (7x7 of 14x14), the teacher resized to the same grid (196 px: 14x14 tokens)
+        Point("segments", replace(base, segments=grid // 2,
+                                  teacher_size=grid * TEACHER_PATCH), first),
         Point("teacher", timm_teacher, first),
         Point("teacher", replace(timm_teacher, teacher_online=True), first),
     ]

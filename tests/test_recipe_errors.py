@@ -113,6 +113,8 @@ BAD_RECIPES = [
     ("table-given-a-number", tiny_data(train=3), "train", ["table", "3"]),
     ("unknown-compile-mode", tiny_data(train={"compile": "graph"}), "train.compile",
      ["'model'", "'graph'"]),
+    ("unknown-cpu-allocator", tiny_data(train={"cpu_allocator": "jemalloc"}),
+     "train.cpu_allocator", ["'reuse'", "'jemalloc'"]),
 ]
 
 
