@@ -70,9 +70,11 @@ def _saved_bytes(model: torch.nn.Module, blueprint: Blueprint, batch: int, preci
 def estimate_memory(blueprint: Blueprint) -> MemoryEstimate:
     """The training step's memory for ``blueprint`` at the precision its recipe resolves to here
     (on the CPU's autocast rules: CUDA's differ little for these layers)."""
-    precision = planned_precision(blueprint.recipe.train.precision, blueprint.recipe.train.device)
+    train = blueprint.recipe.train
+    precision = planned_precision(train.precision, train.device)
     with torch.device("meta"):
         model = build_model(blueprint, with_tokenizer=False)
+    model.recompute_in_backward(train.recompute, train.activation_checkpointing)
     with FakeTensorMode(allow_non_fake_inputs=True):  # the meta parameters are its inputs
         model.to_empty(device="cpu")  # fake CPU tensors: CPU autocast applies, nothing allocated
         one, two = (_saved_bytes(model, blueprint, batch, precision) for batch in (1, 2))

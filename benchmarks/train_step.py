@@ -10,9 +10,12 @@ runs: each step reads precomputed random teacher tokens, so only the student is 
 One step is the engine's (:meth:`arvision.engine.Trainer.train_step`, what ``arvision run``
 executes): forward (fp32, or under bf16 autocast), backward, gradient-norm guard, AdamW step (fused
 on CUDA), schedule; each sample's segment order is drawn from its seed inside the step, as in
-training. Modes: ``eager``; ``compile``: the engine's ``train.compile = "model"``, the whole
-forward compiled in place; ``compile-blocks``: ``train.compile = "blocks"``, ``compile()`` on
-every transformer block of the encoder and the decoders; ``reference``: the released D-iGPT model
+training. Modes: ``eager``; ``recompute``: eager with ``train.recompute`` of both kinds (the
+MLPs' activations and the attention weights recomputed in backward); ``checkpoint``: eager with
+``train.activation_checkpointing`` (encoder blocks recomputed); ``compile``: the engine's
+``train.compile = "model"``, the whole forward compiled in place; ``compile-blocks``:
+``train.compile = "blocks"``, ``compile()`` on every transformer block of the encoder and the
+decoders; ``reference``: the released D-iGPT model
 restated in eager PyTorch (benchmarks/digpt_reference.py) at the same geometry, its own step
 (benchmarks/reference_step.py), so arvision's overhead shows beside it (its FLOPs are counted on
 the arvision model, the same computation); ``reference-reuse``: the same, with the C allocator
@@ -86,11 +89,15 @@ __all__ = [
 ]
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-MODES = ("eager", "compile", "compile-blocks", "reference", "reference-reuse")
+MODES = ("eager", "recompute", "checkpoint", "compile", "compile-blocks", "reference",
+         "reference-reuse")
 #: the released model's step: as it runs, and with arvision's CPU allocator setting
 REFERENCE_MODES = ("reference", "reference-reuse")
 #: mode -> the engine's train.compile
 COMPILE_KEY = {"compile": "model", "compile-blocks": "blocks"}
+#: Eager modes that trade time for memory: their ``[train]`` settings.
+MEMORY_MODES = {"recompute": {"recompute": ["mlp_activation", "attention_weights"]},
+                "checkpoint": {"activation_checkpointing": True}}
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
@@ -118,7 +125,8 @@ class Geometry:
 @dataclass(frozen=True)
 class Config:
     precision: str = "fp32"  # or "bf16" (autocast)
-    mode: str = "eager"  # "compile": the whole model; "compile-blocks": each transformer block;
+    mode: str = "eager"  # "recompute": train.recompute of both kinds; "checkpoint":
+    # train.activation_checkpointing; "compile": the whole model; "compile-blocks": each block;
     # "reference": the released D-iGPT model restated (benchmarks/reference_step.py);
     # "reference-reuse": the same with arvision's CPU allocator setting
     batch: int = 8
@@ -208,13 +216,14 @@ def make_step(config: Config, geometry: Geometry, device: torch.device):
         return make_released_step(config, blueprint, device)
     train = {"batch_size": config.batch, "precision": config.precision, "device": str(device),
              "base_lr": 1e-4, "compile": COMPILE_KEY.get(config.mode, "none"),
-             "attention_backend": config.attention}
+             "attention_backend": config.attention, **MEMORY_MODES.get(config.mode, {})}
     recipe = structure_recipe({**recipe_data(geometry), "train": train}, "benchmarks/train_step.py",
                               get_plugins())
     start = start_run(recipe, "benchmarks/train_step.py")  # seeds every RNG with train.seed
     online = geometry.teacher_online
     model = build_model(blueprint, with_tokenizer=online).to(device).train()
     model.attention = choose_backend(config.attention, device)
+    model.recompute_in_backward(recipe.train.recompute, recipe.train.activation_checkpointing)
     images, tokens = make_inputs(blueprint, config.batch, device)
     seeds = torch.arange(config.batch)
     batch = (images, torch.zeros(config.batch), seeds)  # the teacher computes the targets
@@ -339,21 +348,23 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 
 def format_comparison(rows: list[dict[str, Any]]) -> str:
-    """arvision's eager step against each reference mode measured, per precision and batch: a
-    Markdown table of images/s, peak memory and their ratios (arvision / released)."""
-    lines = ["| precision | batch | released step | arvision images/s | released images/s | "
-             "ratio | arvision peak | released peak | memory ratio | page faults / step |",
-             "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
+    """arvision's eager steps (plain and the memory modes) against each reference mode
+    measured, per precision and batch: a Markdown table of images/s, peak memory and their
+    ratios (arvision / released)."""
+    lines = ["| precision | batch | arvision step | released step | arvision images/s | "
+             "released images/s | ratio | arvision peak | released peak | memory ratio | "
+             "page faults / step |",
+             "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     ok = {(r["precision"], r["batch"], r["mode"]): r for r in rows if r["status"] == "ok"}
     for (precision, batch, mode), ours in ok.items():
-        if mode != "eager":
+        if mode != "eager" and mode not in MEMORY_MODES:
             continue
         for reference in REFERENCE_MODES:
             theirs = ok.get((precision, batch, reference))
             if theirs is None:
                 continue
             lines.append(
-                f"| {precision} | {batch} | {reference} | {ours['images_per_s']:.2f} | "
+                f"| {precision} | {batch} | {mode} | {reference} | {ours['images_per_s']:.2f} | "
                 f"{theirs['images_per_s']:.2f} | "
                 f"{ours['images_per_s'] / theirs['images_per_s']:.2f} | "
                 f"{_fmt_bytes(ours['peak_memory_bytes'])} | {_fmt_bytes(theirs['peak_memory_bytes'])} | "

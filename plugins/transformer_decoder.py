@@ -15,13 +15,14 @@ from typing import ClassVar
 
 import attrs
 import torch
-from timm.layers import Mlp, build_sincos2d_pos_embed, trunc_normal_
+from timm.layers import build_sincos2d_pos_embed, trunc_normal_
 from torch import Tensor, nn
 from torch.nn.attention.flex_attention import BlockMask
 
 from arvision.components import Decoder, DecoderContext, EncoderOutput, Prediction
 from arvision.config import positive, setting
 from arvision.model.attention import MaskedAttention, attend
+from arvision.model.recompute import RecomputingMlp
 from arvision.plan import Plan
 
 __all__ = ["CrossAttention", "DecoderBlock", "MemoryProjection", "TransformerDecoder",
@@ -58,6 +59,8 @@ class CrossAttention(nn.Module):
     """Multi-head attention of queries (B, N, C) over a memory (B, M, C); mask (N, M), boolean
     or a flex ``BlockMask``."""
 
+    recompute_weights: bool = False  # train.recompute (arvision.model.recompute.set_recompute)
+
     def __init__(self, dim: int, num_heads: int) -> None:
         super().__init__()
         self.num_heads = num_heads
@@ -71,7 +74,7 @@ class CrossAttention(nn.Module):
         q = self.q(x).view(batch, length, heads, dim // heads).transpose(1, 2)  # (B, H, N, C/H)
         kv = self.kv(memory).view(batch, memory.shape[1], 2, heads, dim // heads)
         k, v = kv.permute(2, 0, 3, 1, 4).unbind(0)  # (B, H, M, C/H) each
-        out = attend(q, k, v, mask)  # (B, H, N, C/H)
+        out = attend(q, k, v, mask, recompute_weights=self.recompute_weights)  # (B, H, N, C/H)
         return self.proj(out.transpose(1, 2).reshape(batch, length, dim))
 
 
@@ -86,7 +89,7 @@ class DecoderBlock(nn.Module):
         self.norm_memory = nn.LayerNorm(dim, eps=eps)
         self.cross_attn = CrossAttention(dim, num_heads)
         self.norm2 = nn.LayerNorm(dim, eps=eps)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.mlp = RecomputingMlp(dim, int(dim * mlp_ratio))
 
     def forward(self, x: Tensor, memory: Tensor, mask: Tensor | BlockMask) -> Tensor:
         x = x + self.self_attn(self.norm1(x), attn_mask=mask)

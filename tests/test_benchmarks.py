@@ -102,13 +102,32 @@ def test_comparison_sets_arvision_beside_each_released_step(bench):
 
     rows = [row("eager", 8.0, 1.5, 1), row("reference", 6.0, 2.0, 130000),
             row("reference-reuse", 7.0, 2.0, 2), row("compile", 9.0, 1.0, 0),
+            row("recompute", 7.0, 1.2, 3),
             row("eager", 2.0, 1.0, 1, "fp32"),  # no released step measured: no line
             {"precision": "bf16", "batch": 32, "mode": "reference", "status": "failed"}]
     table = bench.format_comparison(rows).splitlines()
-    assert len(table) == 4
-    assert table[2] == ("| bf16 | 8 | reference | 8.00 | 6.00 | 1.33 | 1.50 GiB | 2.00 GiB | 0.75 "
-                        "| 1 / 130000 |")
-    assert table[3].startswith("| bf16 | 8 | reference-reuse | 8.00 | 7.00 | 1.14 |")
+    assert len(table) == 6  # eager and recompute against both released steps; not compile
+    assert table[2] == ("| bf16 | 8 | eager | reference | 8.00 | 6.00 | 1.33 | 1.50 GiB | "
+                        "2.00 GiB | 0.75 | 1 / 130000 |")
+    assert table[3].startswith("| bf16 | 8 | eager | reference-reuse | 8.00 | 7.00 | 1.14 |")
+    assert table[4].startswith("| bf16 | 8 | recompute | reference | 7.00 | 6.00 | 1.17 | "
+                               "1.20 GiB | 2.00 GiB | 0.60 |")
+
+
+@pytest.mark.parametrize("mode", ["recompute", "checkpoint"])
+def test_memory_modes_train_with_their_settings(bench, mode, monkeypatch):
+    from arvision.model import ARModel
+
+    settings = []
+    recompute = ARModel.recompute_in_backward
+    monkeypatch.setattr(ARModel, "recompute_in_backward", lambda model, kinds, blocks=False: (
+        settings.append((tuple(kinds), blocks)), recompute(model, kinds, blocks))[1])
+    row = bench.run_config(bench.Config("bf16", mode, 2), tiny(bench), steps=1, warmup=0,
+                           matmul_n=128)
+    assert row["status"] == "ok", row.get("error")
+    expected = {"recompute": (("mlp_activation", "attention_weights"), False),
+                "checkpoint": ((), True)}[mode]
+    assert settings == [expected]
 
 
 def test_the_released_model_converts_to_the_benchmarked_one(bench):

@@ -115,6 +115,8 @@ BAD_RECIPES = [
      ["'model'", "'graph'"]),
     ("unknown-cpu-allocator", tiny_data(train={"cpu_allocator": "jemalloc"}),
      "train.cpu_allocator", ["'reuse'", "'jemalloc'"]),
+    ("unknown-recompute-kind", tiny_data(train={"recompute": ["gelu"]}), "train.recompute[0]",
+     ["'mlp_activation'", "'gelu'"]),
 ]
 
 

@@ -8,6 +8,8 @@
     loss = sum(weight_i x part_i)
 """
 
+from collections.abc import Iterable
+
 import attrs
 import torch
 import torch.nn.functional as F
@@ -19,6 +21,7 @@ from ..seeds import PLAN_STREAM, PREFIX_STREAM, seeded_generator, stream_seed
 from ..traceable import traceable
 from .attention import AttentionBackend
 from .encoder import Encoder
+from .recompute import set_recompute
 
 __all__ = ["ARModel", "DecoderRole", "ModelOutput", "resample_segments"]
 
@@ -82,6 +85,13 @@ class ARModel(nn.Module):
         # The tokenizer is rebuilt from the recipe: checkpoints hold the student only.
         self._register_state_dict_hook(_drop_tokenizer)
         self._register_load_state_dict_pre_hook(self._keep_tokenizer)
+
+    def recompute_in_backward(self, kinds: Iterable[str], encoder_blocks: bool = False) -> None:
+        """What backward recomputes instead of keeping from forward: ``kinds`` of activations
+        (``train.recompute``, :func:`arvision.model.recompute.set_recompute`) and, with
+        ``encoder_blocks``, whole encoder blocks (``train.activation_checkpointing``)."""
+        self.encoder.grad_checkpointing = encoder_blocks
+        set_recompute(self, kinds)
 
     @torch.compiler.disable  # Python loops over per-sample generators: drawn eagerly, then
     # a compiled forward (train.compile = "model") resumes with the plan as its input

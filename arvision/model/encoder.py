@@ -12,6 +12,7 @@ from ..components import EncoderOutput
 from ..plan import Plan
 from ..recipe.schema import EncoderConfig
 from .attention import MaskedAttention
+from .recompute import RecomputingMlp
 from .vit import channel_stat, create_vit, shape_overrides
 
 __all__ = ["Encoder", "create_encoder_vit", "default_taps"]
@@ -26,11 +27,13 @@ def create_encoder_vit(config: EncoderConfig, img_size: int | None, patch_size: 
                        in_chans: int) -> VisionTransformer:
     """The timm model named by the recipe, headless, with the recipe's overrides (``img_size``,
     ``patch_size`` and ``in_chans`` as resolved from the data and the tokenizer); its attention
-    layers also take a flex ``BlockMask`` (:class:`MaskedAttention`: timm's parameters)."""
+    layers also take a flex ``BlockMask`` (:class:`MaskedAttention`: timm's parameters) and its
+    MLPs recompute their activation in backward (:class:`RecomputingMlp`: timm's parameters)."""
     shape = {**shape_overrides(config), "img_size": img_size, "patch_size": patch_size,
              "in_chans": in_chans}
     return create_vit(config.name, "encoder.name", num_classes=0, global_pool="",
-                      drop_path_rate=config.drop_path, attn_layer=MaskedAttention, **shape)
+                      drop_path_rate=config.drop_path, attn_layer=MaskedAttention,
+                      mlp_layer=RecomputingMlp, **shape)
 
 
 class Encoder(nn.Module):

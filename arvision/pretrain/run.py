@@ -65,7 +65,7 @@ def build_trainer(recipe: Recipe, out_dir: Path, source: str = "recipe") -> Trai
             print(f"arvision: encoder starts from {loaded.spec}{step}")
     model = model.to(start.device)
     model.attention = attention
-    model.encoder.grad_checkpointing = recipe.train.activation_checkpointing
+    model.recompute_in_backward(recipe.train.recompute, recipe.train.activation_checkpointing)
     batches = build_batches(dataset, recipe.data, start.micro_batch, blueprint.image.size,
                             recipe.train.seed, start.ranks.rank, start.ranks.world, cache)
     frozen = set(model.tokenizer.parameters()) if model.tokenizer is not None else set()

@@ -140,6 +140,11 @@ class TrainConfig:
                                 validator=check(lambda v: 0 < v < 1, "a number in (0, 1)"))
     activation_checkpointing: bool = setting(False, "recompute encoder blocks in backward to save "
                                              "memory")
+    recompute: tuple[Literal["mlp_activation", "attention_weights"], ...] = setting(
+        (), "what backward recomputes instead of keeping from forward, for less memory at some "
+        "speed: 'mlp_activation' (each MLP's GELU output, from the GELU's input), "
+        "'attention_weights' (softmax(q k^T / sqrt(d)), where attention is written out: bf16 on "
+        "the CPU); see docs/performance.md")
     compile: Literal["none", "blocks", "model"] | bool = setting(
         "none", "torch.compile: 'blocks' compiles every transformer block (regional compilation), "
         "'model' the whole forward (the plan is drawn eagerly), 'none' nothing; true and false "
