@@ -82,7 +82,8 @@ from arvision.recipe import structure_recipe
 from reference_step import make_reference_step
 
 __all__ = [
-    "Config", "FixedBatches", "Geometry", "count_flops", "format_comparison", "format_table",
+    "Config", "FixedBatches", "Geometry", "combine_rounds", "count_flops", "format_comparison",
+    "format_table",
     "machine_info", "main",
     "make_blueprint", "make_step", "matmul_tflops", "recipe_data", "run_config", "run_isolated",
     "time_steps",
@@ -339,6 +340,30 @@ def _cells(r: dict[str, Any]) -> list[str]:
             "" if share is None else f"{share:.2f}"]
 
 
+def combine_rounds(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per configuration from its runs in every round: images/s, step time, peak
+    memory and page faults are the medians over the rounds that ran; the per-round images/s
+    stay in ``images_per_s_rounds`` (:func:`format_comparison` takes ratios per round from
+    them). A configuration that failed in every round keeps its first failure."""
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for run in runs:
+        groups.setdefault((run["precision"], run["batch"], run["mode"]), []).append(run)
+    rows = []
+    for group in groups.values():
+        ok = [run for run in group if run["status"] == "ok"]
+        if not ok:
+            rows.append(group[0])
+            continue
+        row = dict(ok[len(ok) // 2])
+        for key in ("images_per_s", "step_ms", "peak_memory_bytes", "page_faults_per_step",
+                    "achieved_tflops", "fraction_of_matmul"):
+            row[key] = statistics.median(run[key] for run in ok)
+        row["rounds"] = len(ok)
+        row["images_per_s_rounds"] = {run["round"]: run["images_per_s"] for run in ok}
+        rows.append(row)
+    return rows
+
+
 def format_table(rows: list[dict[str, Any]]) -> str:
     """A Markdown table of the rows (the one docs/performance.md holds)."""
     lines = ["| " + " | ".join(COLUMNS) + " |",
@@ -350,11 +375,12 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 def format_comparison(rows: list[dict[str, Any]]) -> str:
     """arvision's eager steps (plain and the memory modes) against each reference mode
     measured, per precision and batch: a Markdown table of images/s, peak memory and their
-    ratios (arvision / released)."""
+    ratios (arvision / released). Over several rounds the images/s ratio is the median of the
+    rounds' ratios (each round runs both sides minutes apart), beside their range."""
     lines = ["| precision | batch | arvision step | released step | arvision images/s | "
-             "released images/s | ratio | arvision peak | released peak | memory ratio | "
-             "page faults / step |",
-             "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "released images/s | ratio | ratio per round | arvision peak | released peak | "
+             "memory ratio | page faults / step |",
+             "|---|---:|---|---|---:|---:|---:|---|---:|---:|---:|---:|"]
     ok = {(r["precision"], r["batch"], r["mode"]): r for r in rows if r["status"] == "ok"}
     for (precision, batch, mode), ours in ok.items():
         if mode != "eager" and mode not in MEMORY_MODES:
@@ -363,14 +389,24 @@ def format_comparison(rows: list[dict[str, Any]]) -> str:
             theirs = ok.get((precision, batch, reference))
             if theirs is None:
                 continue
+            rounds = _round_ratios(ours, theirs)
+            ratio = (statistics.median(rounds) if rounds
+                     else ours["images_per_s"] / theirs["images_per_s"])
+            spread = f"{min(rounds):.2f}-{max(rounds):.2f}" if len(rounds) > 1 else ""
             lines.append(
                 f"| {precision} | {batch} | {mode} | {reference} | {ours['images_per_s']:.2f} | "
-                f"{theirs['images_per_s']:.2f} | "
-                f"{ours['images_per_s'] / theirs['images_per_s']:.2f} | "
-                f"{_fmt_bytes(ours['peak_memory_bytes'])} | {_fmt_bytes(theirs['peak_memory_bytes'])} | "
+                f"{theirs['images_per_s']:.2f} | {ratio:.2f} | {spread} | "
+                f"{_fmt_bytes(ours['peak_memory_bytes'])} | "
+                f"{_fmt_bytes(theirs['peak_memory_bytes'])} | "
                 f"{ours['peak_memory_bytes'] / theirs['peak_memory_bytes']:.2f} | "
                 f"{ours['page_faults_per_step']:.0f} / {theirs['page_faults_per_step']:.0f} |")
     return "\n".join(lines)
+
+
+def _round_ratios(ours: dict[str, Any], theirs: dict[str, Any]) -> list[float]:
+    """The images/s ratio (ours / theirs) of every round both ran."""
+    mine, other = ours.get("images_per_s_rounds", {}), theirs.get("images_per_s_rounds", {})
+    return [mine[r] / other[r] for r in sorted(mine.keys() & other.keys())]
 
 
 def _print_table(rows: list[dict[str, Any]], matmul: dict[str, float]) -> None:
@@ -407,6 +443,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--modes", nargs="+", choices=MODES,
                         help="default: all; quick: eager and compile")
     parser.add_argument("--steps", type=int, help="timed steps (default 5; quick 2)")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="times every configuration runs, the configurations alternating; "
+                        "the table shows medians over the rounds")
     parser.add_argument("--warmup", type=int, help="warm-up steps, after compile (default 2; quick 1)")
     parser.add_argument("--attention", choices=("auto", "sdpa", "flex"), default="auto",
                         help="train.attention_backend (auto: flex on CUDA, else sdpa)")
@@ -439,19 +478,23 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
               "command": "python " + " ".join([Path(sys.argv[0]).as_posix(), *(argv or sys.argv[1:])]),
               "quick": args.quick, "matmul_tflops": matmul, "flops_per_step": flops,
               "complete": False, "rows": []}
-    rows = result["rows"]
-    for batch in batches:
-        for precision in args.precisions:
-            for mode in modes:
-                config = Config(precision, mode, batch, args.attention)
-                spec = {"config": asdict(config), "geometry": asdict(geometry), "steps": steps,
-                        "warmup": warmup, "device": str(device), "flops": flops[batch],
-                        "threads": torch.get_num_threads()}
-                rows.append(run_isolated(spec, args.compile_budget, args.timeout))
-                print(json.dumps({k: v for k, v in rows[-1].items() if k not in ("times_s", "warmup_s")}),
-                      flush=True)
-                result["total_s"] = time.perf_counter() - began
-                out.write_text(json.dumps(result, indent=2) + "\n")  # a killed run keeps its rows
+    runs = result["rows"]  # every configuration of every round
+    for round_index in range(args.rounds):
+        for batch in batches:
+            for precision in args.precisions:
+                for mode in modes:
+                    config = Config(precision, mode, batch, args.attention)
+                    spec = {"config": asdict(config), "geometry": asdict(geometry),
+                            "steps": steps, "warmup": warmup, "device": str(device),
+                            "flops": flops[batch], "threads": torch.get_num_threads()}
+                    runs.append({**run_isolated(spec, args.compile_budget, args.timeout),
+                                 "round": round_index})
+                    print(json.dumps({k: v for k, v in runs[-1].items()
+                                      if k not in ("times_s", "warmup_s")}), flush=True)
+                    result["total_s"] = time.perf_counter() - began
+                    out.write_text(json.dumps(result, indent=2) + "\n")  # a killed run keeps them
+    rows = combine_rounds(runs)
+    result["combined"] = rows
     _print_table(rows, matmul)
     comparison = format_comparison(rows)
     if comparison.count("\n") > 1:

@@ -107,11 +107,30 @@ def test_comparison_sets_arvision_beside_each_released_step(bench):
             {"precision": "bf16", "batch": 32, "mode": "reference", "status": "failed"}]
     table = bench.format_comparison(rows).splitlines()
     assert len(table) == 6  # eager and recompute against both released steps; not compile
-    assert table[2] == ("| bf16 | 8 | eager | reference | 8.00 | 6.00 | 1.33 | 1.50 GiB | "
+    assert table[2] == ("| bf16 | 8 | eager | reference | 8.00 | 6.00 | 1.33 |  | 1.50 GiB | "
                         "2.00 GiB | 0.75 | 1 / 130000 |")
     assert table[3].startswith("| bf16 | 8 | eager | reference-reuse | 8.00 | 7.00 | 1.14 |")
-    assert table[4].startswith("| bf16 | 8 | recompute | reference | 7.00 | 6.00 | 1.17 | "
+    assert table[4].startswith("| bf16 | 8 | recompute | reference | 7.00 | 6.00 | 1.17 |  | "
                                "1.20 GiB | 2.00 GiB | 0.60 |")
+
+
+def test_rounds_combine_into_medians_and_ratios_per_round(bench):
+    def run(mode, round_index, images_per_s, status="ok"):
+        return {"precision": "bf16", "batch": 8, "mode": mode, "status": status,
+                "round": round_index, "images_per_s": images_per_s, "step_ms": 8e3 / images_per_s,
+                "peak_memory_bytes": 2**30, "page_faults_per_step": 1, "achieved_tflops": 0.5,
+                "fraction_of_matmul": 0.6}
+
+    # the machine slows down in round 1: each round's ratio is still 1.25
+    runs = [run("eager", 0, 10.0), run("reference", 0, 8.0),
+            run("eager", 1, 5.0), run("reference", 1, 4.0),
+            run("eager", 2, 12.5), run("reference", 2, 10.0),
+            run("recompute", 0, 1.0, "failed"), run("recompute", 1, 1.0, "failed")]
+    rows = {row["mode"]: row for row in bench.combine_rounds(runs)}
+    assert rows["eager"]["images_per_s"] == 10.0 and rows["eager"]["rounds"] == 3
+    assert rows["recompute"]["status"] == "failed"
+    line = bench.format_comparison(list(rows.values())).splitlines()[2]
+    assert line.startswith("| bf16 | 8 | eager | reference | 10.00 | 8.00 | 1.25 | 1.25-1.25 |")
 
 
 @pytest.mark.parametrize("mode", ["recompute", "checkpoint"])
