@@ -202,6 +202,9 @@ class Decoder(nn.Module, ABC):
     #: Whether the decoder reads ``EncoderOutput.last`` (the encoder's final norm). When no
     #: decoder does, that norm is frozen so every trained parameter takes part in the loss.
     reads_final_output: bool = True
+    #: Recompute the decoder's blocks in backward instead of keeping their activations
+    #: (``train.activation_checkpointing``); a decoder with blocks honours it.
+    grad_checkpointing: bool = False
 
     def __init__(self, config: Any, context: DecoderContext) -> None:
         super().__init__()

@@ -12,7 +12,7 @@ executes): forward (fp32, or under bf16 autocast), backward, gradient-norm guard
 on CUDA), schedule; each sample's segment order is drawn from its seed inside the step, as in
 training. Modes: ``eager``; ``recompute``: eager with ``train.recompute`` of both kinds (the
 MLPs' activations and the attention weights recomputed in backward); ``checkpoint``: eager with
-``train.activation_checkpointing`` (encoder blocks recomputed); ``compile``: the engine's
+``train.activation_checkpointing`` (encoder and decoder blocks recomputed); ``compile``: the engine's
 ``train.compile = "model"``, the whole forward compiled in place; ``compile-blocks``:
 ``train.compile = "blocks"``, ``compile()`` on every transformer block of the encoder and the
 decoders; ``reference``: the released D-iGPT model

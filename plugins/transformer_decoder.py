@@ -18,6 +18,7 @@ import torch
 from timm.layers import build_sincos2d_pos_embed, trunc_normal_
 from torch import Tensor, nn
 from torch.nn.attention.flex_attention import BlockMask
+from torch.utils.checkpoint import checkpoint
 
 from arvision.components import Decoder, DecoderContext, EncoderOutput, Prediction
 from arvision.config import positive, setting
@@ -154,7 +155,10 @@ class TransformerDecoder(Decoder):
         mask = plan.attention_mask(self.context.tokens_per_segment, prefix > 0)  # (P+L, P+L)
         x = self.queries(plan, batch, prefix)
         for block, memory_slice in zip(self.blocks, slices, strict=True):
-            x = block(x, memory_slice, mask)
+            if self.grad_checkpointing and self.training:
+                x = checkpoint(block, x, memory_slice, mask, use_reentrant=False)
+            else:
+                x = block(x, memory_slice, mask)
         out = self.head(self.norm(x))  # (B, P+L, out)
         tokens = out[:, prefix:].view(batch, plan.num_segments - 1,
                                       self.context.tokens_per_segment, -1)  # (B, S-1, T, out)

@@ -125,6 +125,21 @@ def test_a_training_step_gives_the_same_loss_and_gradients(precision, blocks):
         assert torch.equal(grad, expected)
 
 
+def test_activation_checkpointing_recomputes_encoder_and_decoder_blocks(monkeypatch):
+    from timm.models.vision_transformer import Block
+
+    from arvision_plugins.transformer_decoder import DecoderBlock
+
+    calls = []
+    for cls in (Block, DecoderBlock):
+        forward = cls.forward
+        monkeypatch.setattr(cls, "forward", lambda self, *a, _f=forward, _c=cls.__name__, **kw: (
+            calls.append(_c), _f(self, *a, **kw))[1])
+    _, model = digpt_tiny(activation_checkpointing=True)
+    model(torch.rand(4, 3, 16, 16)).loss.backward()
+    assert calls.count("Block") == 2 * 2 and calls.count("DecoderBlock") == 1 * 2  # run twice
+
+
 def test_set_recompute_reaches_every_layer_and_refuses_unknown_kinds():
     _, model = digpt_tiny(("attention_weights",))
     mlps = [m for m in model.modules() if isinstance(m, RecomputingMlp)]

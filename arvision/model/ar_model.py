@@ -86,11 +86,14 @@ class ARModel(nn.Module):
         self._register_state_dict_hook(_drop_tokenizer)
         self._register_load_state_dict_pre_hook(self._keep_tokenizer)
 
-    def recompute_in_backward(self, kinds: Iterable[str], encoder_blocks: bool = False) -> None:
+    def recompute_in_backward(self, kinds: Iterable[str], blocks: bool = False) -> None:
         """What backward recomputes instead of keeping from forward: ``kinds`` of activations
         (``train.recompute``, :func:`arvision.model.recompute.set_recompute`) and, with
-        ``encoder_blocks``, whole encoder blocks (``train.activation_checkpointing``)."""
-        self.encoder.grad_checkpointing = encoder_blocks
+        ``blocks``, whole transformer blocks of the encoder and of every decoder that has
+        them (``train.activation_checkpointing``)."""
+        self.encoder.grad_checkpointing = blocks
+        for decoder in self.decoders.values():
+            decoder.grad_checkpointing = blocks
         set_recompute(self, kinds)
 
     @torch.compiler.disable  # Python loops over per-sample generators: drawn eagerly, then

@@ -138,8 +138,8 @@ class TrainConfig:
                                   "before stopping the run", validator=non_negative)
     ema: float | None = setting(None, "decay of an EMA of the encoder (e.g. 0.9999); unset: none",
                                 validator=check(lambda v: 0 < v < 1, "a number in (0, 1)"))
-    activation_checkpointing: bool = setting(False, "recompute encoder blocks in backward to save "
-                                             "memory")
+    activation_checkpointing: bool = setting(
+        False, "recompute the encoder's and the decoders' blocks in backward to save memory")
     recompute: tuple[Literal["mlp_activation", "attention_weights"], ...] = setting(
         (), "what backward recomputes instead of keeping from forward, for less memory at some "
         "speed: 'mlp_activation' (each MLP's GELU output, from the GELU's input), "
