@@ -77,6 +77,8 @@ def test_report_files_from_finished_runs(tmp_path):
     assert not plan.finished(plan.runs[-2])
     other.write_text(other.read_text().replace("1" * 16, plan.protocol_id))
     report = tmp_path / "report"
+    (report / "recipes").mkdir(parents=True)
+    (report / "recipes" / "a-run-of-an-earlier-plan.toml").write_text("")
     write_report(plan, report, {"command": "arvision ablate x", "git": "abc123",
                                 "machine": {"summary": "test machine"}}, failed=set())
     rows = list(csv.DictReader((report / "results.csv").open()))
@@ -97,7 +99,8 @@ def test_report_files_from_finished_runs(tmp_path):
     assert "7 of 8 runs finished" in markdown and "arvision ablate x" in markdown
     for run in plan.runs:
         assert f"(recipes/{run.name}.toml)" in markdown
-        assert (report / "recipes" / f"{run.name}.toml").is_file()
+    assert sorted(path.name for path in (report / "recipes").iterdir()) == sorted(
+        f"{run.name}.toml" for run in plan.runs)  # the earlier plan's recipe is gone
     for name in ("loss", "accuracy", "compute"):
         with Image.open(report / "plots" / f"{name}.png") as image:
             image.verify()

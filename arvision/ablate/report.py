@@ -192,12 +192,23 @@ def _markdown(tables: Tables, info: dict[str, Any], report_dir: Path) -> str:
     return "\n".join(lines)
 
 
+def write_recipes(plan: Plan, folder: Path) -> None:
+    """Each run's resolved recipe as ``folder/RUN.toml``; recipe files of runs the plan no longer
+    has (a changed ablation file renames its runs) are removed, so the folder lists the report's
+    runs only."""
+    names = {f"{run.name}.toml" for run in plan.runs}
+    for run in plan.runs:
+        write_text(folder / f"{run.name}.toml", tomli_w.dumps(run.record))
+    for path in folder.glob("*.toml"):
+        if path.name not in names:
+            path.unlink()
+
+
 def write_report(plan: Plan, report_dir: Path, info: dict[str, Any],
                  failed: set[str] = frozenset()) -> Tables:
     """(Re)write every report file from the run directories; returns what it read."""
     tables = collect(plan, failed)
-    for run in plan.runs:
-        write_text(report_dir / "recipes" / f"{run.name}.toml", tomli_w.dumps(run.record))
+    write_recipes(plan, report_dir / "recipes")
     variants = [{**agg, "metrics": {k: v and v.as_dict() for k, v in agg["metrics"].items()},
                  "delta": {k: v and v.as_dict() for k, v in agg["delta"].items()},
                  **{key: agg[key] and agg[key].as_dict()
