@@ -1,5 +1,6 @@
 """On CUDA (marked ``gpu``, skipped without it): a bf16 training step, flex attention's losses and
-gradients equal SDPA's, and two processes on NCCL equal one. benchmarks/gpu_check.sh runs them."""
+gradients equal SDPA's, train.recompute's gradients equal the recorded graph's, and two processes
+on NCCL equal one. benchmarks/gpu_check.sh runs them."""
 
 import math
 
@@ -37,6 +38,24 @@ def test_flex_gives_the_sdpa_losses_and_gradients_on_cuda(ordering, cls):
     assert grads.keys() == expected_grads.keys()
     for name, grad in expected_grads.items():
         torch.testing.assert_close(grads[name], grad, rtol=1e-3, atol=1e-5, msg=name)
+
+
+def test_recomputed_mlp_activations_give_the_same_gradients_on_cuda():
+    from test_recompute import DIGPT_TINY
+
+    images, results = torch.rand(4, 3, 16, 16, device="cuda"), []
+    for recompute in ((), ("mlp_activation", "attention_weights")):
+        torch.manual_seed(0)
+        model = build_model(resolve(tiny_recipe(**DIGPT_TINY))).cuda().train()
+        model.recompute_in_backward(recompute)
+        with torch.autocast("cuda", torch.bfloat16):
+            loss = model(images, seeds=torch.arange(4)).loss
+        loss.backward()
+        results.append((loss, [p.grad for p in model.parameters() if p.requires_grad]))
+    (kept_loss, kept_grads), (loss, grads) = results
+    assert torch.equal(loss, kept_loss)  # forward is the same computation
+    for grad, expected in zip(grads, kept_grads, strict=True):  # bitwise on the CPU
+        torch.testing.assert_close(grad, expected, rtol=1e-3, atol=1e-6)
 
 
 def test_whole_model_compile_with_flex_on_cuda(tmp_path):
