@@ -262,3 +262,28 @@ def test_a_finetune_run_does_not_resume_a_pretraining_run(pretrained, tmp_path, 
     code, _out, err = run_cli(capsys, "run", path, "--out", out)
     assert code == 2
     assert "a pretrain checkpoint; this is a finetune run (pass another --out)" in err
+
+
+def test_the_classifier_writes_attention_out_in_bf16_on_the_cpu(monkeypatch):
+    from timm.models.vision_transformer import VisionTransformer
+
+    from arvision.finetune.model import create_classifier
+    from arvision.model import attention
+
+    torch.manual_seed(0)
+    ours = create_classifier(recipe_for(None), 4, "finetune.toml").eval()
+    plain = VisionTransformer(img_size=16, patch_size=4, embed_dim=32, depth=2, num_heads=2,
+                              num_classes=4, global_pool=ours.global_pool,
+                              fc_norm=ours.global_pool == "avg").eval()
+    plain.load_state_dict(ours.state_dict())  # the same parameters under the same names
+    images = torch.rand(2, 3, 16, 16)
+    torch.testing.assert_close(ours(images), plain(images))  # fp32: SDPA, as timm's
+    with torch.autocast("cpu", torch.bfloat16):
+        expected = plain(images).float()  # timm: SDPA in bf16
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("SDPA ran in bf16 on the CPU")
+
+    monkeypatch.setattr(attention.F, "scaled_dot_product_attention", refuse)
+    with torch.autocast("cpu", torch.bfloat16):
+        torch.testing.assert_close(ours(images).float(), expected, rtol=0.05, atol=0.05)
