@@ -14,6 +14,9 @@ batch), the data loader, and the backward's transient gradients of one block (sm
 the saved activations of a whole network).
 """
 
+from collections.abc import Callable
+from typing import Any
+
 import attrs
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
@@ -22,7 +25,7 @@ from .build import Blueprint, build_model
 from .components import Tokens
 from .precision import autocast, planned_precision
 
-__all__ = ["ADAMW_BYTES_PER_PARAM", "MemoryEstimate", "estimate_memory"]
+__all__ = ["ADAMW_BYTES_PER_PARAM", "MemoryEstimate", "allocator_peak", "estimate_memory"]
 
 ADAMW_BYTES_PER_PARAM = 16  # fp32 weight, gradient and two moments
 
@@ -82,3 +85,20 @@ def estimate_memory(blueprint: Blueprint) -> MemoryEstimate:
     per_image = two - one
     return MemoryEstimate(trainable * ADAMW_BYTES_PER_PARAM, max(one - per_image, 0), per_image,
                           precision)
+
+
+def allocator_peak(run: Callable[[], Any]) -> int:
+    """The most bytes PyTorch's CPU allocator held during ``run()`` above what it held before:
+    every allocation and free, in order, from torch.profiler's memory events. Unlike the
+    process's resident memory, this leaves out what the C allocator keeps after a free."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU],
+                                profile_memory=True) as prof:
+        run()
+    changes = sorted((event.start_ns(), event.nbytes())  # allocations (+) and frees (-)
+                     for event in prof.profiler.kineto_results.events()
+                     if event.name() == "[memory]")
+    held = peak = 0
+    for _, change in changes:
+        held += change
+        peak = max(peak, held)
+    return peak

@@ -16,9 +16,13 @@ the teacher's tokens read from a target cache) one factor changes at a time:
 
 Each point is one configuration of train_step.py (eager, the engine's step) in a fresh
 subprocess: images/s, the median step and the measured peak (CUDA allocator peak, or peak RSS
-minus the RSS before the model was built). The estimate is :func:`arvision.memory.estimate_memory`
-of the same recipe at that batch: the fp32 weights, gradients and AdamW moments, plus what autograd
-saves for backward, counted on fake tensors. It leaves out the tokenizer, so an online teacher's
+minus the RSS before the model was built). On the CPU each point also runs one step under the
+profiler for the allocated peak: the bytes PyTorch's allocator held at the step's peak (the
+weights, buffers and AdamW moments plus the step's own peak over them), which leaves out what
+glibc keeps after a free and so what the RSS adds as the batch grows. The estimate is
+:func:`arvision.memory.estimate_memory` of the same recipe at that batch: the fp32 weights,
+gradients and AdamW moments, plus what autograd saves for backward, counted on fake tensors. It
+leaves out the tokenizer, so an online teacher's
 weights and forward show up as the measured excess of that row.
 """
 
@@ -96,23 +100,31 @@ def estimated_peak(geometry: Geometry, batch: int, precision: str, device: str) 
     return estimate_memory(resolve(recipe, "benchmarks/scaling.py")).peak(batch)
 
 
+#: Each measured peak -> its ratio to the estimate, in a row.
+RATIOS = {"peak_memory_bytes": "measured_over_estimated",
+          "allocated_peak_bytes": "allocated_over_estimated"}
+
+
 def measure_point(point: Point, precision: str, device: str, steps: int, warmup: int,
                   threads: int, timeout: float) -> dict[str, Any]:
     """The point's train_step row, with the estimate and measured / estimated."""
     spec = {"config": asdict(Config(precision, "eager", point.batch)),
             "geometry": asdict(point.geometry), "steps": steps, "warmup": warmup,
-            "device": device, "flops": None, "threads": threads, "matmul_n": 1024}
+            "device": device, "flops": None, "threads": threads, "matmul_n": 1024,
+            "allocated": device == "cpu"}
     row = run_isolated(spec, compile_budget=timeout, timeout=timeout)
     row.update(factor=point.factor, encoder=point.encoder, segments=point.geometry.segments,
                targets=point.targets,
                estimated_peak_bytes=estimated_peak(point.geometry, point.batch, precision, device))
-    if row["status"] == "ok" and row.get("peak_memory_bytes"):
-        row["measured_over_estimated"] = row["peak_memory_bytes"] / row["estimated_peak_bytes"]
+    for measured, ratio in RATIOS.items():
+        if row["status"] == "ok" and row.get(measured):
+            row[ratio] = row[measured] / row["estimated_peak_bytes"]
     return row
 
 
 COLUMNS = ("factor", "encoder", "batch", "segments", "targets", "images/s", "step ms",
-           "measured peak", "estimated peak", "measured / estimated")
+           "measured peak", "allocated peak", "estimated peak", "measured / estimated",
+           "allocated / estimated")
 
 
 def _gib(value: int | None) -> str:
@@ -128,12 +140,13 @@ def format_table(rows: list[dict[str, Any]]) -> str:
                 r["targets"]]
         if r["status"] != "ok":
             error = r.get("error", "").strip().splitlines()
-            cells = [f"{r['status']}: {error[0][:80] if error else ''}", "", "", "", ""]
+            cells = [f"{r['status']}: {error[0][:80] if error else ''}", *[""] * 6]
         else:
-            ratio = r.get("measured_over_estimated")
+            ratios = [r.get(ratio) for ratio in RATIOS.values()]
             cells = [f"{r['images_per_s']:.2f}", f"{r['step_ms']:.0f}",
-                     _gib(r.get("peak_memory_bytes")), _gib(r["estimated_peak_bytes"]),
-                     "-" if ratio is None else f"{ratio:.2f}"]
+                     _gib(r.get("peak_memory_bytes")), _gib(r.get("allocated_peak_bytes")),
+                     _gib(r["estimated_peak_bytes"]),
+                     *("-" if ratio is None else f"{ratio:.2f}" for ratio in ratios)]
         lines.append("| " + " | ".join(head + cells) + " |")
     return "\n".join(lines)
 

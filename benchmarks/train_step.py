@@ -73,8 +73,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from arvision.build import Blueprint, build_model, resolve
 from arvision.components import Tokens
-from arvision.engine import assemble_trainer, start_run
+from arvision.engine import Trainer, assemble_trainer, start_run
 from arvision.engine.cpu_memory import reuse_freed_memory
+from arvision.memory import allocator_peak
 from arvision.model.attention import choose_backend
 from arvision.plugins import get_plugins
 from arvision.pretrain import pretrain_inputs
@@ -247,14 +248,29 @@ def make_released_step(config: Config, blueprint: Blueprint, device: torch.devic
     return step
 
 
+def allocated_peak(trainer: Trainer) -> int:
+    """The most bytes PyTorch's CPU allocator held during one training step of ``trainer``: the
+    tensors alive before it (weights, buffers, AdamW moments) plus the step's own peak over
+    them (activations, gradients, transients; :func:`arvision.memory.allocator_peak`). The peak
+    RSS also holds what the C allocator keeps after a free."""
+    storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes()
+                for t in (*trainer.model.parameters(), *trainer.model.buffers())}
+    for state in trainer.optimizer.state.values():
+        storages.update({t.untyped_storage().data_ptr(): t.untyped_storage().nbytes()
+                         for t in state.values() if isinstance(t, torch.Tensor)})
+    return sum(storages.values()) + allocator_peak(trainer.train_step)
+
+
 def run_config(config: Config, geometry: Geometry = Geometry(), steps: int = 5, warmup: int = 2,
-               device: str = "cpu", flops: int | None = None, report=None, matmul_n: int = 2048
-               ) -> dict[str, Any]:
+               device: str = "cpu", flops: int | None = None, report=None, matmul_n: int = 2048,
+               allocated: bool = False) -> dict[str, Any]:
     """Time ``steps`` training steps after ``warmup`` (+1 to compile); a failure is the row's error.
 
     A ``matmul_n``-cubed matmul in the row's dtype is timed right before and after the timed steps
     (in a fresh process, under the same load) as the reference for ``fraction_of_matmul``.
     ``report(phase)`` is told "compile" before the first compiled step and "timed" after it.
+    With ``allocated`` (arvision's steps on the CPU), one more step runs under the profiler for
+    ``allocated_peak_bytes`` (:func:`allocated_peak`).
     """
     row: dict[str, Any] = {**asdict(config), "status": "ok", "steps": steps, "warmup": warmup}
     dev, compiling = torch.device(device), config.mode in COMPILE_KEY
@@ -277,6 +293,8 @@ def run_config(config: Config, geometry: Geometry = Geometry(), steps: int = 5, 
                                        - faults) / steps
         row.update(memory.stop())
         matmul.append(matmul_tflops_apart(dev, DTYPES[config.precision], matmul_n))
+        if allocated and dev.type == "cpu" and config.mode not in REFERENCE_MODES:
+            row["allocated_peak_bytes"] = allocated_peak(step.__self__)
     except Exception as exc:  # the row records it; the other configurations still run
         row.update(status="failed", error=f"{type(exc).__name__}: {str(exc).strip()[:500]}")
         return row
@@ -306,7 +324,8 @@ def _worker(spec: dict[str, Any]) -> None:
         print(PHASE + phase, flush=True)
 
     row = run_config(Config(**spec["config"]), Geometry(**spec["geometry"]), spec["steps"],
-                     spec["warmup"], spec["device"], spec["flops"], report, spec.get("matmul_n", 2048))
+                     spec["warmup"], spec["device"], spec["flops"], report, spec.get("matmul_n", 2048),
+                     spec.get("allocated", False))
     print(ROW + json.dumps(row), flush=True)
 
 

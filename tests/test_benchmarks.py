@@ -6,6 +6,7 @@ import sys
 from dataclasses import asdict, replace
 
 import pytest
+import timm
 import torch
 
 from conftest import REPO
@@ -207,7 +208,11 @@ def test_scaling_rows_hold_the_estimate_beside_the_measurement(bench):
     for row in rows:
         assert row["status"] == "ok", row.get("error")
         assert row["estimated_peak_bytes"] == estimate[0] and row["measured_over_estimated"] > 0
+        assert row["allocated_over_estimated"] > 0
     assert rows[1]["targets"] == "vit_tiny_patch16_224 online"
+    teacher_bytes = 4 * sum(p.numel() for p in timm.create_model(  # headless, as the tokenizer
+        "vit_tiny_patch16_224", img_size=64, num_classes=0).parameters())
+    assert rows[1]["allocated_peak_bytes"] - rows[0]["allocated_peak_bytes"] > teacher_bytes
     table = scaling.format_table(rows).splitlines()
     assert len(table) == 4 and "| teacher | Tiny | 2 | 2x2 | vit_tiny_patch16_224 online |" in table[3]
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from arvision.build import build_model, resolve
-from arvision.memory import estimate_memory, fake_tokens
+from arvision.memory import allocator_peak, estimate_memory, fake_tokens
 from conftest import run_cli, tiny_data, tiny_recipe
 
 
@@ -23,19 +23,13 @@ def step_peak(blueprint, batch: int) -> int:
     image = blueprint.image
     images = torch.rand(batch, image.channels, image.size, image.size)
     tokens = fake_tokens(blueprint, batch)
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU],
-                                profile_memory=True) as prof, \
-            torch.autocast("cpu", torch.bfloat16,
-                           enabled=blueprint.recipe.train.precision == "bf16"):
-        model(images, tokens=tokens).loss.backward()
-    changes = sorted((event.start_ns(), event.nbytes())  # every allocation (+) and free (-)
-                     for event in prof.profiler.kineto_results.events()
-                     if event.name() == "[memory]")
-    held = peak = 0
-    for _, change in changes:
-        held += change
-        peak = max(peak, held)
-    return peak
+    precision = blueprint.recipe.train.precision
+
+    def step():
+        with torch.autocast("cpu", torch.bfloat16, enabled=precision == "bf16"):
+            model(images, tokens=tokens).loss.backward()
+
+    return allocator_peak(step)
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
