@@ -11,11 +11,11 @@ One step is the engine's (:meth:`arvision.engine.Trainer.train_step`, what ``arv
 executes): forward (fp32, or under bf16 autocast), backward, gradient-norm guard, AdamW step (fused
 on CUDA), schedule; each sample's segment order is drawn from its seed inside the step, as in
 training. Modes: ``eager``; ``recompute``: eager with ``train.recompute`` of both kinds (the
-MLPs' activations and the attention weights recomputed in backward); ``checkpoint``: eager with
-``train.activation_checkpointing`` (encoder and decoder blocks recomputed); ``compile``: the engine's
-``train.compile = "model"``, the whole forward compiled in place; ``compile-blocks``:
-``train.compile = "blocks"``, ``compile()`` on every transformer block of the encoder and the
-decoders; ``reference``: the released D-iGPT model
+MLPs' activations and the attention weights recomputed in backward); ``checkpoint``: eager
+with ``train.activation_checkpointing`` (encoder and decoder blocks recomputed); ``compile``:
+the engine's ``train.compile = "model"``, the whole forward compiled in place;
+``compile-blocks``: ``train.compile = "blocks"``, ``compile()`` on every transformer block of
+the encoder and the decoders; ``reference``: the released D-iGPT model
 restated in eager PyTorch (benchmarks/digpt_reference.py) at the same geometry, its own step
 (benchmarks/reference_step.py), so arvision's overhead shows beside it (its FLOPs are counted on
 the arvision model, the same computation); ``reference-reuse``: the same, with the C allocator
@@ -84,10 +84,8 @@ from reference_step import make_reference_step
 
 __all__ = [
     "Config", "FixedBatches", "Geometry", "combine_rounds", "count_flops", "format_comparison",
-    "format_table",
-    "machine_info", "main",
-    "make_blueprint", "make_step", "matmul_tflops", "recipe_data", "run_config", "run_isolated",
-    "time_steps",
+    "format_table", "machine_info", "main", "make_blueprint", "make_step", "matmul_tflops",
+    "recipe_data", "run_config", "run_isolated", "time_steps",
 ]
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -452,6 +450,13 @@ def _print_table(rows: list[dict[str, Any]], matmul: dict[str, float]) -> None:
                           f"{_short(r.get('error', ''), 300)}", markup=False)
 
 
+def _count(text: str) -> int:
+    """An argparse type: a whole number >= 1."""
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return int(text)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="batch 8 only, fewer steps")
@@ -462,7 +467,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--modes", nargs="+", choices=MODES,
                         help="default: all; quick: eager and compile")
     parser.add_argument("--steps", type=int, help="timed steps (default 5; quick 2)")
-    parser.add_argument("--rounds", type=int, default=1,
+    parser.add_argument("--rounds", type=_count, default=1,
                         help="times every configuration runs, the configurations alternating; "
                         "the table shows medians over the rounds")
     parser.add_argument("--warmup", type=int, help="warm-up steps, after compile (default 2; quick 1)")

@@ -18,12 +18,11 @@ import torch
 from timm.layers import build_sincos2d_pos_embed, trunc_normal_
 from torch import Tensor, nn
 from torch.nn.attention.flex_attention import BlockMask
-from torch.utils.checkpoint import checkpoint
 
 from arvision.components import Decoder, DecoderContext, EncoderOutput, Prediction
 from arvision.config import positive, setting
 from arvision.model.attention import MaskedAttention, attend
-from arvision.model.recompute import RecomputingMlp
+from arvision.model.recompute import RecomputingMlp, run_block
 from arvision.plan import Plan
 
 __all__ = ["CrossAttention", "DecoderBlock", "MemoryProjection", "TransformerDecoder",
@@ -155,10 +154,7 @@ class TransformerDecoder(Decoder):
         mask = plan.attention_mask(self.context.tokens_per_segment, prefix > 0)  # (P+L, P+L)
         x = self.queries(plan, batch, prefix)
         for block, memory_slice in zip(self.blocks, slices, strict=True):
-            if self.grad_checkpointing and self.training:
-                x = checkpoint(block, x, memory_slice, mask, use_reentrant=False)
-            else:
-                x = block(x, memory_slice, mask)
+            x = run_block(block, self.grad_checkpointing and self.training, x, memory_slice, mask)
         out = self.head(self.norm(x))  # (B, P+L, out)
         tokens = out[:, prefix:].view(batch, plan.num_segments - 1,
                                       self.context.tokens_per_segment, -1)  # (B, S-1, T, out)

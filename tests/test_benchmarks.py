@@ -240,3 +240,11 @@ def test_profiles_of_both_steps_sit_side_by_side(bench, profiler):
     table = profiler.format_side_by_side(sides["eager"], sides["reference"], top=5).splitlines()
     assert table[0].startswith("| operator | arvision ms/step")
     assert len(table) >= 2 + 5 + 1 and table[-1].startswith("| **total self time**")
+
+
+@pytest.mark.parametrize("rounds", ["0", "-1", "two"])
+def test_rounds_must_be_a_whole_number_of_at_least_one(bench, rounds, capsys):
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--rounds", rounds])
+    assert f"argument --rounds: expected a whole number >= 1, got '{rounds}'" in \
+        capsys.readouterr().err

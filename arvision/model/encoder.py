@@ -6,13 +6,12 @@ import torch
 from timm.layers import build_sincos2d_pos_embed
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
 
 from ..components import EncoderOutput
 from ..plan import Plan
 from ..recipe.schema import EncoderConfig
 from .attention import MaskedAttention
-from .recompute import RecomputingMlp
+from .recompute import RecomputingMlp, run_block
 from .vit import channel_stat, create_vit, shape_overrides
 
 __all__ = ["Encoder", "create_encoder_vit", "default_taps"]
@@ -108,10 +107,7 @@ class Encoder(nn.Module):
         mask = plan.attention_mask(plan.layout.tokens_per_segment(self.grid), cls is not None)
         taps = []
         for index, block in enumerate(self.vit.blocks, start=1):
-            if self.grad_checkpointing and self.training:
-                x = checkpoint(block, x, attn_mask=mask, use_reentrant=False)
-            else:
-                x = block(x, attn_mask=mask)
+            x = run_block(block, self.grad_checkpointing and self.training, x, attn_mask=mask)
             if index in self.taps:
                 taps.append(x)
         return EncoderOutput(self.vit.norm(x), tuple(taps), self.num_prefix)

@@ -10,17 +10,20 @@ tensor less per block until backward reaches it.
 softmax weights are recomputed from q and k (:func:`arvision.model.attention.explicit_attention`).
 
 Both trade a little time for memory, in the same math (docs/performance.md measures them);
-:func:`set_recompute` switches them on a built model.
+:func:`set_recompute` switches them on a built model. Whole blocks
+(``train.activation_checkpointing``) go through :func:`run_block`.
 """
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from timm.layers import Mlp
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
-__all__ = ["RECOMPUTABLE", "RecomputingMlp", "set_recompute"]
+__all__ = ["RECOMPUTABLE", "RecomputingMlp", "run_block", "set_recompute"]
 
 #: What ``train.recompute`` may name.
 RECOMPUTABLE = ("mlp_activation", "attention_weights")
@@ -39,6 +42,15 @@ def set_recompute(model: nn.Module, kinds: Iterable[str]) -> None:
             module.recompute_activation = "mlp_activation" in kinds
         if hasattr(module, "recompute_weights"):
             module.recompute_weights = "attention_weights" in kinds
+
+
+def run_block(block: Callable[..., Tensor], checkpointed: bool, *args: Any, **kwargs: Any
+              ) -> Tensor:
+    """``block(*args, **kwargs)``; with ``checkpointed``, through torch's non-reentrant
+    checkpoint: its activations are recomputed in backward instead of kept."""
+    if checkpointed:
+        return checkpoint(block, *args, use_reentrant=False, **kwargs)
+    return block(*args, **kwargs)
 
 
 def _autocast_dtype(device_type: str) -> torch.dtype | None:
